@@ -1,0 +1,330 @@
+"""Domain models shared by the flows, the tasks and the webhook.
+
+Everything that crosses a boundary (flow parameters, task results, pause inputs, webhook payloads) is one
+of these pydantic models, so that Prefect can validate parameters, render input forms in the UI and
+persist results for resumed runs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from prefect.input import RunInput
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
+_SLUG_RE = re.compile(r"[^a-z0-9]+")
+
+
+class Severity(StrEnum):
+    """How urgent the usage alert is, as reported by the metrics system."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class AutomationLevel(StrEnum):
+    """How much of the upsell runs without a human."""
+
+    FULL_AUTOMATION = "FULL_AUTOMATION"
+    HUMAN_INTERVENTION = "HUMAN_INTERVENTION"
+    HYBRID = "HYBRID"
+
+
+DEFAULT_SEVERITY_LEVELS: dict[Severity, AutomationLevel] = {
+    Severity.CRITICAL: AutomationLevel.FULL_AUTOMATION,
+    Severity.HIGH: AutomationLevel.HYBRID,
+    Severity.MEDIUM: AutomationLevel.HUMAN_INTERVENTION,
+    Severity.LOW: AutomationLevel.HUMAN_INTERVENTION,
+}
+
+
+def automation_level_for(
+    severity: Severity, mapping: dict[Severity, AutomationLevel] | None = None
+) -> AutomationLevel:
+    """The automation level an alert of this severity gets (critical -> full, high -> hybrid, else human)."""
+    return (mapping or DEFAULT_SEVERITY_LEVELS)[Severity(severity)]
+
+
+class CustomerReply(StrEnum):
+    """What the customer answered to the upsell email."""
+
+    YES = "yes"
+    NO = "no"
+    MAYBE = "maybe"
+    NO_REPLY = "no_reply"
+
+
+class UpsellStage(StrEnum):
+    """The workflow states of the reference design, shown per run in the Prefect UI."""
+
+    STARTED = "Started"
+    FETCHING_DATA = "Fetching Data"
+    AI_ANALYSIS = "AI Analysis"
+    EMAIL_SENT = "Email Sent"
+    SLACK_POSTED = "Slack Posted"
+    WAITING_REPLY = "Waiting Reply"
+    MEETING_SCHEDULED = "Meeting Scheduled"
+    COMPLETED = "Completed"
+
+
+STAGE_ORDER: list[UpsellStage] = list(UpsellStage)
+
+
+class UpsellStatus(StrEnum):
+    """How an upsell ended."""
+
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    SUPPRESSED = "suppressed"
+    NEEDS_REVIEW = "needs_review"
+
+
+def _finite(value: float | None, name: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
+    return value
+
+
+class UsageAlert(BaseModel):
+    """A usage alert from the metrics system: the input of one upsell."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(pattern=EVENT_ID_PATTERN, description="Unique id of the alert; one upsell per id.")
+    account_id: str = Field(min_length=1, max_length=100)
+    metric_type: str = Field(min_length=1, max_length=100, examples=["trade_volume"])
+    current_value: float | None = Field(
+        default=None, description="Value that crossed the threshold; None when the caller did not report it."
+    )
+    threshold: float | None = Field(default=None, ge=0)
+    severity: Severity = Severity.HIGH
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("current_value", "threshold")
+    @classmethod
+    def _must_be_finite(cls, value: float | None, info: Any) -> float | None:
+        return _finite(value, info.field_name)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    @property
+    def opportunity_id(self) -> str:
+        """`opp_{account_id}_{event_id}`, the id the opportunity is logged under."""
+        return f"opp_{self.account_id}_{self.event_id}"
+
+    @property
+    def run_name(self) -> str:
+        """`upsell-{account_id}-{event_id}-{YYYYMMDD-HHMMSS}`, stable across resumes."""
+        return f"upsell-{self.account_id}-{self.event_id}-{self.occurred_at.strftime('%Y%m%d-%H%M%S')}"
+
+    @property
+    def slug(self) -> str:
+        """A lowercase key usable in Prefect artifact keys."""
+        return _SLUG_RE.sub("-", f"{self.account_id}-{self.event_id}".lower()).strip("-")[:120]
+
+
+class UsageData(BaseModel):
+    """Current usage of one metric for an account (the reference design's UsageData)."""
+
+    account_id: str
+    current_usage: float
+    usage_trend: Literal["increasing", "decreasing", "stable"]
+    usage_period: Literal["daily", "weekly", "monthly"]
+    threshold_exceeded: float = Field(description="How far usage is over the threshold, as a ratio (0.5 = 50 %).")
+    metric_type: str
+    growth_rate: float = Field(default=0.0, description="Period-over-period growth, as a ratio.")
+    additional_context: dict[str, Any] = Field(default_factory=dict)
+
+
+class ContractData(BaseModel):
+    """The account's contract from the CRM (the reference design's ContractData)."""
+
+    account_id: str
+    company_name: str = ""
+    current_plan: str
+    contract_end_date: str
+    renewal_date: str
+    current_spend: float = Field(ge=0, description="Annual spend on the current plan.")
+    contract_terms: dict[str, Any] = Field(default_factory=dict)
+    contact_info: dict[str, str] = Field(default_factory=dict, description="name, email, title of the contact.")
+
+    @property
+    def contact_email(self) -> str:
+        return self.contact_info.get("email", "")
+
+
+class UpsellPlan(BaseModel):
+    """An upsell recommendation (the reference design's UpsellPlan), validated."""
+
+    recommended_plan: str = Field(min_length=1)
+    estimated_value: float = Field(ge=0, description="Added annual value, in the contract's currency.")
+    justification: str = Field(min_length=1)
+    features: list[str]
+    roi_analysis: str
+    risk_assessment: str
+
+    @field_validator("recommended_plan")
+    @classmethod
+    def _non_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("recommended_plan must not be blank")
+        return value.strip()
+
+    @field_validator("estimated_value")
+    @classmethod
+    def _finite_value(cls, value: float) -> float:
+        return _finite(value, "estimated_value")  # type: ignore[return-value]
+
+
+class PlanResult(BaseModel):
+    """A plan together with which planner produced it and why."""
+
+    plan: UpsellPlan
+    planner: str = Field(description="'claude' or 'rule-based'.")
+    reason: str = ""
+
+
+class EmailDraft(BaseModel):
+    """The upsell email before it is sent: editable by a reviewer in HUMAN_INTERVENTION."""
+
+    to: str
+    subject: str
+    body_text: str
+    body_html: str
+    reply_links: dict[str, str] = Field(default_factory=dict)
+    unsubscribe_url: str = ""
+
+
+class EmailResult(BaseModel):
+    """What became of the upsell email."""
+
+    status: Literal["sent", "already_sent", "unknown", "not_sent", "suppressed"]
+    message_id: str | None = None
+    provider: str = ""
+    detail: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status in ("sent", "already_sent")
+
+
+class SlackResult(BaseModel):
+    """What became of the Slack summary (non-critical)."""
+
+    posted: bool
+    channel: str = ""
+    ts: str | None = None
+    provider: str = ""
+    error: str | None = None
+
+
+class Meeting(BaseModel):
+    """A follow-up meeting with the customer."""
+
+    meeting_id: str
+    join_url: str
+    start_time: datetime
+    topic: str
+    provider: str = ""
+
+
+class Opportunity(BaseModel):
+    """The record logged for an upsell, keyed by event id."""
+
+    opportunity_id: str
+    event_id: str
+    account_id: str
+    metric_type: str
+    automation_level: AutomationLevel
+    status: UpsellStatus
+    recommended_plan: str
+    estimated_value: float
+    planner: str
+    reply: CustomerReply
+    email_message_id: str | None = None
+    meeting_join_url: str | None = None
+    reviewer_note: str = ""
+    flow_run_id: str | None = None
+    occurred_at: datetime | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class UpsellOutcome(BaseModel):
+    """What the upsell flow returns."""
+
+    status: UpsellStatus
+    event_id: str
+    account_id: str
+    automation_level: AutomationLevel
+    email_sent: bool
+    email_status: str = ""
+    reply: CustomerReply | None = None
+    meeting: Meeting | None = None
+    opportunity_id: str | None = None
+    planner: str | None = None
+    planner_reason: str = ""
+    slack_posted: bool = False
+    reviewer_note: str = ""
+    standins: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent per step.")
+
+
+# ---- human decisions: one RunInput per kind of wait (rendered as forms in the Prefect UI) ----
+
+
+class CustomerReplyInput(RunInput):
+    """The customer's answer to the upsell email."""
+
+    reply: CustomerReply
+
+
+class EmailApproval(RunInput):
+    """A reviewer's decision on the upsell email (HUMAN_INTERVENTION)."""
+
+    approved: bool = Field(description="Send the email?")
+    subject: str = Field(default="", description="Subject to send (edit freely).")
+    body_text: str = Field(default="", description="Plain-text body to send (edit freely).")
+    note: str = ""
+
+
+class MeetingApproval(RunInput):
+    """A reviewer's decision on creating the follow-up meeting (HUMAN_INTERVENTION)."""
+
+    approved: bool = Field(description="Create the meeting?")
+    note: str = ""
+
+
+class OpportunityReview(RunInput):
+    """A sales reviewer's decision before the final steps (HYBRID) or the opportunity log (HUMAN)."""
+
+    approved: bool = Field(description="Approve the upsell?")
+    estimated_value: float = Field(ge=0, description="Estimated added annual value (edit freely).")
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _finite_value(self) -> OpportunityReview:
+        _finite(self.estimated_value, "estimated_value")
+        return self
+
+
+WaitKind = Literal["approve-email", "reply", "review", "approve-meeting", "approve-opportunity"]
+
+#: The input that closes a wait nobody answered in time: a normal, Completed outcome.
+EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
+    "reply": {"reply": CustomerReply.NO_REPLY.value},
+    "approve-email": {"approved": False, "subject": "", "body_text": "", "note": "approval timed out"},
+    "approve-meeting": {"approved": False, "note": "approval timed out"},
+    "review": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},
+    "approve-opportunity": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},
+}

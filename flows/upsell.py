@@ -1,0 +1,249 @@
+"""The upsell flow: a usage alert becomes an emailed offer, a Slack summary, a meeting and an opportunity."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from prefect import flow
+from prefect.context import FlowRunContext
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+
+from flows.models import (
+    AutomationLevel,
+    CustomerReply,
+    CustomerReplyInput,
+    EmailApproval,
+    EmailResult,
+    MeetingApproval,
+    Opportunity,
+    OpportunityReview,
+    SlackResult,
+    UpsellOutcome,
+    UpsellStage,
+    UpsellStatus,
+    UsageAlert,
+    WaitKind,
+    automation_level_for,
+)
+from tasks.ask_claude_for_plan import ask_claude_for_plan
+from tasks.create_zoom_meeting import create_zoom_meeting
+from tasks.email_message import text_to_html
+from tasks.fetch_contract import fetch_contract
+from tasks.fetch_usage import fetch_usage
+from tasks.links import LinkToken, link_for
+from tasks.log_opportunity import log_opportunity
+from tasks.post_slack_summary import post_slack_summary
+from tasks.progress import announce_integrations, collect_timings, record_stage
+from tasks.send_email_draft import draft_email, send_email_draft
+from tasks.settings import UpsellSettings, get_settings
+from tasks.waits import open_wait
+
+R = TypeVar("R", bound=RunInput)
+
+
+def upsell_run_name() -> str:
+    """`upsell-{account_id}-{event_id}-{YYYYMMDD-HHMMSS}` from the alert parameter."""
+    return UsageAlert.model_validate(flow_run.parameters["alert"]).run_name
+
+
+def wait_for(
+    kind: WaitKind, input_type: type[R], timeout_s: float, settings: UpsellSettings, description: str,
+    **initial: Any,
+) -> R:
+    """Wait for a typed input. A deployment run suspends (no process held); a direct call pauses in place.
+
+    Prefect's own timeout is the deadline plus a grace period: the `reply-timeouts` sweep closes expired
+    waits first, so that an unanswered wait ends the run Completed rather than Failed.
+    """
+    open_wait(kind, timeout_s)
+    form = input_type.with_initial_data(description=description, **initial)
+    safety_timeout = int(timeout_s + settings.wait_grace_s)
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None:
+        return suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=kind)
+    return pause_flow_run(
+        wait_for_input=form, timeout=safety_timeout, poll_interval=settings.pause_poll_s, key=kind
+    )
+
+
+class Journal:
+    """The stages reached so far; each new stage republishes the run's artifact and emits its event.
+
+    Entries derive only from task results and inputs, so a resumed run rebuilds the same journal and the
+    cached `record_stage` calls do not publish twice.
+    """
+
+    def __init__(self, alert: UsageAlert) -> None:
+        self.alert = alert
+        self.entries: list[dict[str, Any]] = []
+
+    def reach(self, stage: UpsellStage, **details: Any) -> None:
+        self.entries.append({"stage": stage.value, "details": {k: v for k, v in details.items() if v is not None}})
+        record_stage(self.alert, list(self.entries))
+
+
+def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], event_id: str) -> str:
+    import time
+
+    token = LinkToken(
+        flow_run_id=str(flow_run.get_id()), wait=wait, value=value,
+        expires_at=int(time.time() + settings.link_ttl_s), nonce=event_id,
+    )
+    return link_for(settings.public_base_url, settings.link_secret.get_secret_value(), token)
+
+
+@flow(name="upsell", flow_run_name=upsell_run_name, persist_result=True, validate_parameters=True)
+def upsell(
+    alert: UsageAlert,
+    automation_level: AutomationLevel | None = None,
+    reply_timeout_s: float | None = None,
+    approval_timeout_s: float | None = None,
+) -> UpsellOutcome:
+    """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity."""
+    settings = get_settings()
+    level = automation_level or automation_level_for(alert.severity, settings.severity_levels)
+    reply_timeout = reply_timeout_s or settings.reply_timeout_s
+    approval_timeout = approval_timeout_s or settings.approval_timeout_s
+    journal = Journal(alert)
+
+    standins = announce_integrations()
+    journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
+
+    def finish(
+        status: UpsellStatus, *, email: EmailResult | None = None, reply: CustomerReply | None = None,
+        log: Opportunity | None = None, **extra: Any,
+    ) -> UpsellOutcome:
+        opportunity_id = log_opportunity(log) if log is not None else None
+        journal.reach(UpsellStage.COMPLETED, status=status.value, opportunity_id=opportunity_id)
+        return UpsellOutcome(
+            status=status, event_id=alert.event_id, account_id=alert.account_id, automation_level=level,
+            email_sent=bool(email and email.delivered), email_status=email.status if email else "not_sent",
+            reply=reply, opportunity_id=opportunity_id, standins=standins, timings=collect_timings(), **extra,
+        )
+
+    usage = fetch_usage(alert)
+    contract = fetch_contract(alert.account_id)
+    journal.reach(
+        UpsellStage.FETCHING_DATA, current_plan=contract.current_plan, usage=usage.current_usage,
+        over_threshold=f"{usage.threshold_exceeded:.0%}", trend=usage.usage_trend,
+    )
+    planned = ask_claude_for_plan(usage, contract)
+    plan = planned.plan
+    journal.reach(
+        UpsellStage.AI_ANALYSIS, recommended_plan=plan.recommended_plan,
+        estimated_value=plan.estimated_value, planner=planned.planner,
+    )
+    planner_info = {"planner": planned.planner, "planner_reason": planned.reason}
+
+    def opportunity(status: UpsellStatus, reply: CustomerReply, email: EmailResult, **fields: Any) -> Opportunity:
+        return Opportunity(
+            opportunity_id=alert.opportunity_id, event_id=alert.event_id, account_id=alert.account_id,
+            metric_type=alert.metric_type, automation_level=level, status=status,
+            recommended_plan=plan.recommended_plan, estimated_value=fields.pop("estimated_value", plan.estimated_value),
+            planner=planned.planner, reply=reply, email_message_id=email.message_id,
+            flow_run_id=str(flow_run.get_id()), occurred_at=alert.occurred_at, **fields,
+        )
+
+    draft = draft_email(alert, usage, contract, plan)
+    if level is AutomationLevel.HUMAN_INTERVENTION:
+        approval = wait_for(
+            "approve-email", EmailApproval, approval_timeout, settings,
+            f"Approve the upsell email to {draft.to} recommending **{plan.recommended_plan}**"
+            f" (est. ${plan.estimated_value:,.0f}/yr). Edit the subject or body before approving.",
+            approved=True, subject=draft.subject, body_text=draft.body_text,
+        )
+        if not approval.approved:
+            return finish(UpsellStatus.REJECTED, reviewer_note=approval.note, **planner_info)
+        if (approval.subject, approval.body_text) != (draft.subject, draft.body_text):
+            draft = draft.model_copy(update={
+                "subject": approval.subject or draft.subject,
+                "body_text": approval.body_text or draft.body_text,
+                "body_html": text_to_html(approval.body_text) if approval.body_text else draft.body_html,
+            })
+
+    email = send_email_draft(alert, draft)
+    if email.status == "suppressed":
+        return finish(
+            UpsellStatus.SUPPRESSED, email=email, reply=CustomerReply.NO_REPLY,
+            log=opportunity(UpsellStatus.SUPPRESSED, CustomerReply.NO_REPLY, email), **planner_info,
+        )
+    journal.reach(UpsellStage.EMAIL_SENT, status=email.status, message_id=email.message_id, to=draft.to)
+
+    decision_links: dict[str, str] = {}
+    if level is not AutomationLevel.FULL_AUTOMATION:
+        wait = "review" if level is AutomationLevel.HYBRID else "approve-opportunity"
+        decision_links = {
+            "approve": _decision_link(settings, wait, {"approved": True, "estimated_value": plan.estimated_value,
+                                                        "note": "approved from Slack"}, alert.event_id),
+            "reject": _decision_link(settings, wait, {"approved": False, "estimated_value": plan.estimated_value,
+                                                       "note": "rejected from Slack"}, alert.event_id),
+        }
+    slack_state = post_slack_summary(alert, level, contract, planned, email, decision_links, return_state=True)
+    if slack_state.is_completed():
+        slack = slack_state.result()
+    else:  # Slack is non-critical: the failure is recorded on the run and the upsell goes on
+        slack = SlackResult(posted=False, error=str(slack_state.message or slack_state.name))
+    journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error)
+
+    if email.status == "unknown":
+        return finish(
+            UpsellStatus.NEEDS_REVIEW, email=email, slack_posted=slack.posted,
+            log=opportunity(UpsellStatus.NEEDS_REVIEW, CustomerReply.NO_REPLY, email,
+                            reviewer_note=f"email outcome unknown: {email.detail}"),
+            **planner_info,
+        )
+
+    journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=reply_timeout)
+    reply = wait_for(
+        "reply", CustomerReplyInput, reply_timeout, settings,
+        f"The customer's answer to the upsell email ({plan.recommended_plan}) sent to {draft.to}.",
+    ).reply
+    journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
+
+    estimated_value, note = plan.estimated_value, ""
+    if level is AutomationLevel.HYBRID:
+        review = wait_for(
+            "review", OpportunityReview, approval_timeout, settings,
+            f"Customer replied **{reply.value}**. Approve the upsell to {plan.recommended_plan}"
+            f" ({'a meeting will be booked and ' if reply is CustomerReply.YES else ''}the opportunity logged).",
+            approved=True, estimated_value=plan.estimated_value,
+        )
+        if not review.approved:
+            return finish(UpsellStatus.REJECTED, email=email, reply=reply, slack_posted=slack.posted,
+                          reviewer_note=review.note, **planner_info)
+        estimated_value, note = review.estimated_value, review.note
+
+    meeting = None
+    if reply is CustomerReply.YES:
+        if level is AutomationLevel.HUMAN_INTERVENTION:
+            decision = wait_for(
+                "approve-meeting", MeetingApproval, approval_timeout, settings,
+                f"The customer said yes. Book a meeting with {draft.to}?", approved=True,
+            )
+            if not decision.approved:
+                return finish(UpsellStatus.REJECTED, email=email, reply=reply, slack_posted=slack.posted,
+                              reviewer_note=decision.note, **planner_info)
+        meeting = create_zoom_meeting(alert, contract, plan)
+        if meeting is not None:
+            journal.reach(UpsellStage.MEETING_SCHEDULED, join_url=meeting.join_url,
+                          start_time=meeting.start_time.isoformat())
+
+    if level is AutomationLevel.HUMAN_INTERVENTION:
+        review = wait_for(
+            "approve-opportunity", OpportunityReview, approval_timeout, settings,
+            f"Log the opportunity for {alert.account_id} ({plan.recommended_plan}, reply {reply.value})?",
+            approved=True, estimated_value=plan.estimated_value,
+        )
+        if not review.approved:
+            return finish(UpsellStatus.REJECTED, email=email, reply=reply, meeting=meeting,
+                          slack_posted=slack.posted, reviewer_note=review.note, **planner_info)
+        estimated_value, note = review.estimated_value, review.note
+
+    return finish(
+        UpsellStatus.COMPLETED, email=email, reply=reply, meeting=meeting, slack_posted=slack.posted,
+        reviewer_note=note, **planner_info,
+        log=opportunity(UpsellStatus.COMPLETED, reply, email, estimated_value=estimated_value,
+                        meeting_join_url=meeting.join_url if meeting else None, reviewer_note=note),
+    )

@@ -1,0 +1,1 @@
+"""Prefect tasks, one module per upsell step, and the integration clients they use."""

@@ -1,0 +1,111 @@
+"""The small interfaces every integration implements: a real client (configured by a block) and a local
+stand-in (used when no block is saved). Tasks depend on these, never on a concrete client."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel
+
+from flows.models import ContractData, EmailDraft, Meeting, Opportunity, PlanResult, UsageAlert, UsageData
+
+
+class PermanentError(Exception):
+    """A failure that retrying cannot fix (bad input, 4xx answer): tasks do not retry it."""
+
+
+class SendOutcomeUnknown(Exception):
+    """A send may or may not have reached the provider (timeout after the request went out)."""
+
+
+class UsageSource(Protocol):
+    """Where usage figures come from."""
+
+    def fetch_usage(self, alert: UsageAlert) -> UsageData: ...
+
+
+class CrmSource(Protocol):
+    """Where contracts come from."""
+
+    def fetch_contract(self, account_id: str) -> ContractData: ...
+
+
+class Planner(Protocol):
+    """Turns usage and contract into an upsell plan."""
+
+    def plan(self, usage: UsageData, contract: ContractData) -> PlanResult: ...
+
+
+class EmailSender(Protocol):
+    """Delivers one email and returns the provider's message id."""
+
+    def send(self, draft: EmailDraft, *, idempotency_key: str) -> str: ...
+
+
+class SlackPost(BaseModel):
+    """A Slack summary before it is posted."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+    channel: str | None = None
+
+
+class ChatNotifier(Protocol):
+    """Posts a summary to the sales team's channel; returns (channel, ts)."""
+
+    def post(self, message: SlackPost) -> tuple[str, str]: ...
+
+
+class MeetingScheduler(Protocol):
+    """Books a follow-up meeting."""
+
+    def create_meeting(self, *, topic: str, start_time: datetime, invitee: str, agenda: str) -> Meeting: ...
+
+
+ClaimStatus = Literal["claimed", "done", "pending", "unknown"]
+
+
+class Claim(BaseModel):
+    """The answer of `OpportunityStore.claim`: whether this caller may perform the outward step."""
+
+    status: ClaimStatus
+    result: dict[str, Any] | None = None
+
+
+class OpportunityStore(Protocol):
+    """Opportunities and the idempotency records that keep outward steps from happening twice."""
+
+    def claim(self, event_id: str, step: str) -> Claim:
+        """Claim (event, step): `claimed` if this caller is first, else the state the record is in."""
+        ...
+
+    def complete(self, event_id: str, step: str, result: dict[str, Any]) -> None:
+        """Record that the claimed step happened, with its result."""
+        ...
+
+    def release(self, event_id: str, step: str, error: str) -> None:
+        """Give a claim back: the step certainly did not happen and may be tried again."""
+        ...
+
+    def mark_unknown(self, event_id: str, step: str, error: str) -> None:
+        """Flag a claimed step whose outcome is unknown, for a human; it is never retried automatically."""
+        ...
+
+    def get_record(self, event_id: str, step: str) -> dict[str, Any] | None: ...
+
+    def upsert_opportunity(self, opportunity: Opportunity) -> None:
+        """Log the opportunity; logging the same event again replaces it (idempotent)."""
+        ...
+
+    def get_opportunity(self, event_id: str) -> Opportunity | None: ...
+
+    def list_opportunities(self, account_id: str | None = None, limit: int = 100) -> list[Opportunity]: ...
+
+    def add_suppression(self, email: str, reason: str) -> None:
+        """Never email this address again (unsubscribe)."""
+        ...
+
+    def is_suppressed(self, email: str) -> bool: ...
+
+    def close(self) -> None: ...

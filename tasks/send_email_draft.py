@@ -1,0 +1,80 @@
+"""Step 4: compose the personalised upsell email and send it exactly once."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run
+
+from flows.models import ContractData, EmailDraft, EmailResult, UpsellPlan, UsageAlert, UsageData
+from tasks.email_message import compose_email
+from tasks.integrations import resolve
+from tasks.links import LinkToken, link_for
+from tasks.once import run_once
+from tasks.policy import FETCH_TIMEOUT_S, SEND_TIMEOUT_S, step_options
+from tasks.settings import get_settings
+
+EMAIL_STEP = "send_email_draft"
+
+
+@task(name="draft_email", **step_options(FETCH_TIMEOUT_S))
+def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, plan: UpsellPlan) -> EmailDraft:
+    """Compose the email with signed yes/no/maybe links and a one-click unsubscribe link."""
+    settings = get_settings()
+    secret = settings.link_secret.get_secret_value()
+    run_id = str(flow_run.get_id() or "")
+    expires = int(time.time() + settings.link_ttl_s)
+    links = {
+        answer: link_for(
+            settings.public_base_url,
+            secret,
+            LinkToken(flow_run_id=run_id, wait="reply", value={"reply": answer}, expires_at=expires,
+                      nonce=alert.event_id),
+        )
+        for answer in ("yes", "no", "maybe")
+    }
+    unsubscribe = link_for(
+        settings.public_base_url,
+        secret,
+        LinkToken(flow_run_id=run_id, wait="unsubscribe", value={"email": contract.contact_email},
+                  expires_at=int(time.time() + 365 * 86400), nonce=alert.event_id),
+        route="unsubscribe",
+    )
+    return compose_email(
+        usage=usage,
+        contract=contract,
+        plan=plan,
+        reply_links=links,
+        unsubscribe_url=unsubscribe,
+        sender_name=settings.sender_name,
+        sender_postal_address=settings.sender_postal_address,
+    )
+
+
+@task(name="send_email_draft", **step_options(SEND_TIMEOUT_S))
+def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
+    """Send the email once per event: a retry, a resume or a re-run never sends it again."""
+    logger = get_run_logger()
+    store = resolve("store").client
+    try:
+        if store.is_suppressed(draft.to):
+            logger.info("Contact unsubscribed; no email for event %s", alert.event_id)
+            return EmailResult(status="suppressed", detail="contact unsubscribed")
+        sender = resolve("email").client
+        provider = type(sender).__name__
+        done = run_once(
+            store, alert.event_id, EMAIL_STEP,
+            lambda: {"message_id": sender.send(draft, idempotency_key=f"{alert.event_id}-email")},
+        )
+    finally:
+        store.close()
+    if done.status == "unknown":
+        logger.warning("Email for event %s has an unknown outcome; flagged for a human, not resent", alert.event_id)
+        return EmailResult(status="unknown", provider=provider, detail=done.detail)
+    message_id = (done.result or {}).get("message_id")
+    if done.status == "already":
+        logger.info("Email for event %s was already sent (%s); not sending again", alert.event_id, message_id)
+        return EmailResult(status="already_sent", message_id=message_id, provider=provider)
+    logger.info("Email for event %s sent via %s (message id %s)", alert.event_id, provider, message_id)
+    return EmailResult(status="sent", message_id=message_id, provider=provider)

@@ -1,0 +1,59 @@
+"""Process settings (environment variables prefixed `UPSELL_`), built by a factory, never a singleton.
+
+Integration credentials do not live here: they are Prefect blocks (see `blocks/`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flows.models import DEFAULT_SEVERITY_LEVELS, AutomationLevel, Severity
+
+_DEV_LINK_SECRET = "development-only-link-secret"  # noqa: S105 - refused outside development
+
+
+class UpsellSettings(BaseSettings):
+    """Settings of the upsell processes (flow runs, receiver, CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix="UPSELL_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default=Path(".upsell"), description="Where the local stand-ins keep their files.")
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL of the receiver, used in reply and approval links."
+    )
+    link_secret: SecretStr = Field(default=SecretStr(_DEV_LINK_SECRET), description="HMAC key of reply links.")
+    link_ttl_s: int = Field(default=7 * 86400, gt=0)
+    severity_levels: dict[Severity, AutomationLevel] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_LEVELS))
+    reply_timeout_s: float = Field(default=86400.0, gt=0, description="How long to wait for the customer.")
+    approval_timeout_s: float = Field(default=3 * 86400.0, gt=0, description="How long to wait for a reviewer.")
+    wait_grace_s: float = Field(
+        default=3600.0,
+        ge=60,
+        description="Prefect's own pause timeout is the wait's deadline plus this; the sweep acts first.",
+    )
+    pause_poll_s: int = Field(default=5, ge=1, description="Poll interval of in-process pauses (direct calls).")
+    retry_base_delay_s: float = Field(default=10.0, ge=0, description="First retry delay; doubles each retry.")
+    deployment_name: str = "upsell/upsell"
+    sender_name: str = "Upsell Team"
+    sender_postal_address: str = "Example Corp, 1 Market Street, San Francisco, CA 94105"
+    meeting_lead_time_h: float = Field(default=48.0, ge=0)
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> UpsellSettings:
+        if self.environment == "production" and self.link_secret.get_secret_value() == _DEV_LINK_SECRET:
+            raise ValueError("UPSELL_LINK_SECRET must be set to a real secret when UPSELL_ENVIRONMENT=production")
+        return self
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return self.link_secret.get_secret_value() == _DEV_LINK_SECRET
+
+
+def get_settings() -> UpsellSettings:
+    """Read the settings from the environment (a fresh read each call, so tests never patch)."""
+    return UpsellSettings()
