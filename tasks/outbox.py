@@ -11,6 +11,10 @@ from flows.models import EmailDraft
 from tasks.email_message import build_message
 
 
+#: Long URL headers (List-Unsubscribe) must stay plain ASCII, not RFC 2047 encoded-words: fold at 998.
+WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
+
+
 class OutboxEmailSender:
     """Writes `<outbox>/<idempotency key>.eml`; the same key never produces a second file."""
 
@@ -34,6 +38,6 @@ class OutboxEmailSender:
                 return str(BytesParser(policy=policy.default).parse(handle)["Message-ID"])
         message = build_message(draft, from_address=self.from_address, from_name=self.from_name)
         tmp = path.with_suffix(".eml.tmp")
-        tmp.write_bytes(message.as_bytes(policy=policy.SMTP))
+        tmp.write_bytes(message.as_bytes(policy=WIRE_POLICY))
         os.replace(tmp, path)  # atomic: the outbox never holds half an email
         return str(message["Message-ID"])

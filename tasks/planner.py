@@ -7,6 +7,7 @@ from tasks.catalogue import Catalogue, load_catalogue
 
 #: Share of the next tier's price added per 100 % of usage growth (growth is capped at 100 %).
 GROWTH_WEIGHT = 0.25
+PERIOD_WORD = {"daily": "day", "weekly": "week", "monthly": "month"}
 
 
 class RuleBasedPlanner:
@@ -35,7 +36,7 @@ class RuleBasedPlanner:
             f"{usage.metric_type} is at {usage.current_usage:,.0f}"
             + (f" against a threshold of {float(threshold):,.0f}" if threshold is not None else "")
             + f" ({over_pct:.0f}% over), {usage.usage_trend} {usage.growth_rate * 100:.0f}% per"
-            f" {usage.usage_period.removesuffix('ly').replace('dai', 'day')} period. The account pays"
+            f" {PERIOD_WORD[usage.usage_period]}. The account pays"
             f" {currency} {contract.current_spend:,.0f}/yr on {contract.current_plan}; {target.name} lists at"
             f" {currency} {target.annual_price:,.0f}/yr."
         )

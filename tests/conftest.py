@@ -1,0 +1,102 @@
+"""Session fixtures: one Prefect test server for the whole run, per-test data folders, a served runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+# Before Prefect is imported: no telemetry (no outside network here), a private PREFECT_HOME, quick retries.
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="upsell-tests-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
+os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
+os.environ.setdefault("UPSELL_RETRY_BASE_DELAY_S", "0.05")
+os.environ["UPSELL_PAUSE_POLL_S"] = "1"
+
+import pytest  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.settings import PREFECT_API_URL  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server() -> Iterator[str]:
+    """One Prefect test server (SQLite) for the session; yields its API URL."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data folder per test for the local stand-ins (outbox, records, SQLite store)."""
+    path = tmp_path / "upsell-data"
+    monkeypatch.setenv("UPSELL_DATA_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def event_id() -> str:
+    return f"evt-{uuid.uuid4().hex[:12]}"
+
+
+class Runner:
+    """A `python -m deployments.serve` process serving the deployments against the test server."""
+
+    def __init__(self, api_url: str, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / "runner.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": api_url,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "UPSELL_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "deployments.serve", "--sweep-interval", "0"],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"runner exited: {self.log_path.read_text()[-2000:]}")
+                try:
+                    client.read_deployment_by_name("upsell/upsell")
+                    client.read_deployment_by_name("reply-timeouts/reply-timeouts")
+                    return
+                except Exception:
+                    time.sleep(0.5)
+        raise TimeoutError(f"runner not ready: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def runner(prefect_server: str) -> Iterator[Runner]:
+    """The deployments served by one subprocess for the session (stopped by PID at the end)."""
+    served = Runner(prefect_server, _SESSION_HOME / "runner-data")
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.stop()

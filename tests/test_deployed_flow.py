@@ -1,0 +1,41 @@
+"""The upsell flow as a deployment run: suspends (no process held) and resumes with typed input."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prefect.client.orchestration import get_client
+
+from deployments.api import resume_wait, send_customer_reply, trigger_upsell_workflow
+from flows.models import AutomationLevel, UpsellOutcome
+from tests.support import wait_until_final, wait_until_paused
+
+
+async def _trigger(event_id: str, level: AutomationLevel, **kw) -> str:
+    async with get_client() as client:
+        return str(await trigger_upsell_workflow(client, "12345", event_id, level, "trade_volume",
+                                                 current_value=150, threshold=100, **kw))
+
+
+async def _reply(run_id: str, reply: str) -> None:
+    async with get_client() as client:
+        await send_customer_reply(client, run_id, reply)
+
+
+async def _resume(run_id: str, kind: str, value: dict) -> None:
+    async with get_client() as client:
+        await resume_wait(client, run_id, kind, value)
+
+
+def test_hybrid_deployment_run_suspends_and_resumes(runner, event_id):
+    run_id = asyncio.run(_trigger(event_id, AutomationLevel.HYBRID))
+    run = wait_until_paused(run_id, "reply", timeout_s=90)
+    assert run.state.name == "Suspended"
+    asyncio.run(_reply(run_id, "yes"))
+    wait_until_paused(run_id, "review", timeout_s=60)
+    asyncio.run(_resume(run_id, "review", {"approved": True, "estimated_value": 12345.0, "note": "ok"}))
+    final = wait_until_final(run_id, timeout_s=60)
+    assert final.state.is_completed(), final.state
+    outcome = UpsellOutcome.model_validate(final.state.result())
+    assert outcome.reply == "yes" and outcome.meeting is not None
+    assert len(list((runner.data_dir / "outbox").glob(f"{event_id}*.eml"))) == 1
