@@ -120,13 +120,23 @@ async def trigger_upsell_workflow(
 ) -> UUID:
     """Start the upsell for one event (once per event id) and return its flow run id."""
     alert, level = build_alert(
-        account_id, event_id, metric_type, automation_level,
-        current_value=current_value, threshold=threshold, severity=severity, occurred_at=occurred_at,
+        account_id,
+        event_id,
+        metric_type,
+        automation_level,
+        current_value=current_value,
+        threshold=threshold,
+        severity=severity,
+        occurred_at=occurred_at,
         context=context,
     )
     run = await create_upsell_run(
-        client, alert, level, deployment_name=deployment_name,
-        reply_timeout_s=reply_timeout_s, approval_timeout_s=approval_timeout_s,
+        client,
+        alert,
+        level,
+        deployment_name=deployment_name,
+        reply_timeout_s=reply_timeout_s,
+        approval_timeout_s=approval_timeout_s,
     )
     return run.id
 

@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     """Serve the deployments until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=main.__doc__)
     parser.add_argument("--limit", type=int, default=None, help="Max concurrent flow runs (default: no limit).")
-    parser.add_argument("--sweep-interval", type=int, default=SWEEP_INTERVAL_S,
-                        help="Seconds between reply-timeout sweeps; 0 disables the schedule.")
+    parser.add_argument(
+        "--sweep-interval",
+        type=int,
+        default=SWEEP_INTERVAL_S,
+        help="Seconds between reply-timeout sweeps; 0 disables the schedule.",
+    )
     args = parser.parse_args(argv)
     serve(*build_deployments(args.sweep_interval), limit=args.limit, print_starting_message=True)
 

@@ -45,9 +45,7 @@ DEFAULT_SEVERITY_LEVELS: dict[Severity, AutomationLevel] = {
 }
 
 
-def automation_level_for(
-    severity: Severity, mapping: dict[Severity, AutomationLevel] | None = None
-) -> AutomationLevel:
+def automation_level_for(severity: Severity, mapping: dict[Severity, AutomationLevel] | None = None) -> AutomationLevel:
     """The automation level an alert of this severity gets (critical -> full, high -> hybrid, else human)."""
     return (mapping or DEFAULT_SEVERITY_LEVELS)[Severity(severity)]
 

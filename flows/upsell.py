@@ -49,7 +49,11 @@ def upsell_run_name() -> str:
 
 
 def wait_for(
-    kind: WaitKind, input_type: type[R], timeout_s: float, settings: UpsellSettings, description: str,
+    kind: WaitKind,
+    input_type: type[R],
+    timeout_s: float,
+    settings: UpsellSettings,
+    description: str,
     **initial: Any,
 ) -> R:
     """Wait for a typed input. A deployment run suspends (no process held); a direct call pauses in place.
@@ -63,9 +67,7 @@ def wait_for(
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None:
         return suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=kind)
-    return pause_flow_run(
-        wait_for_input=form, timeout=safety_timeout, poll_interval=settings.pause_poll_s, key=kind
-    )
+    return pause_flow_run(wait_for_input=form, timeout=safety_timeout, poll_interval=settings.pause_poll_s, key=kind)
 
 
 class Journal:
@@ -88,8 +90,11 @@ def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], e
     import time
 
     token = LinkToken(
-        flow_run_id=str(flow_run.get_id()), wait=wait, value=value,
-        expires_at=int(time.time() + settings.link_ttl_s), nonce=event_id,
+        flow_run_id=str(flow_run.get_id()),
+        wait=wait,
+        value=value,
+        expires_at=int(time.time() + settings.link_ttl_s),
+        nonce=event_id,
     )
     return link_for(settings.public_base_url, settings.link_secret.get_secret_value(), token)
 
@@ -112,62 +117,98 @@ def upsell(
     journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
 
     def finish(
-        status: UpsellStatus, *, email: EmailResult | None = None, reply: CustomerReply | None = None,
-        log: Opportunity | None = None, **extra: Any,
+        status: UpsellStatus,
+        *,
+        email: EmailResult | None = None,
+        reply: CustomerReply | None = None,
+        log: Opportunity | None = None,
+        **extra: Any,
     ) -> UpsellOutcome:
         opportunity_id = log_opportunity(log) if log is not None else None
         journal.reach(UpsellStage.COMPLETED, status=status.value, opportunity_id=opportunity_id)
         return UpsellOutcome(
-            status=status, event_id=alert.event_id, account_id=alert.account_id, automation_level=level,
-            email_sent=bool(email and email.delivered), email_status=email.status if email else "not_sent",
-            reply=reply, opportunity_id=opportunity_id, standins=standins, timings=collect_timings(), **extra,
+            status=status,
+            event_id=alert.event_id,
+            account_id=alert.account_id,
+            automation_level=level,
+            email_sent=bool(email and email.delivered),
+            email_status=email.status if email else "not_sent",
+            reply=reply,
+            opportunity_id=opportunity_id,
+            standins=standins,
+            timings=collect_timings(),
+            **extra,
         )
 
     usage = fetch_usage(alert)
     contract = fetch_contract(alert.account_id)
     journal.reach(
-        UpsellStage.FETCHING_DATA, current_plan=contract.current_plan, usage=usage.current_usage,
-        over_threshold=f"{usage.threshold_exceeded:.0%}", trend=usage.usage_trend,
+        UpsellStage.FETCHING_DATA,
+        current_plan=contract.current_plan,
+        usage=usage.current_usage,
+        over_threshold=f"{usage.threshold_exceeded:.0%}",
+        trend=usage.usage_trend,
     )
     planned = ask_claude_for_plan(usage, contract)
     plan = planned.plan
     journal.reach(
-        UpsellStage.AI_ANALYSIS, recommended_plan=plan.recommended_plan,
-        estimated_value=plan.estimated_value, planner=planned.planner,
+        UpsellStage.AI_ANALYSIS,
+        recommended_plan=plan.recommended_plan,
+        estimated_value=plan.estimated_value,
+        planner=planned.planner,
     )
     planner_info = {"planner": planned.planner, "planner_reason": planned.reason}
 
     def opportunity(status: UpsellStatus, reply: CustomerReply, email: EmailResult, **fields: Any) -> Opportunity:
         return Opportunity(
-            opportunity_id=alert.opportunity_id, event_id=alert.event_id, account_id=alert.account_id,
-            metric_type=alert.metric_type, automation_level=level, status=status,
-            recommended_plan=plan.recommended_plan, estimated_value=fields.pop("estimated_value", plan.estimated_value),
-            planner=planned.planner, reply=reply, email_message_id=email.message_id,
-            flow_run_id=str(flow_run.get_id()), occurred_at=alert.occurred_at, **fields,
+            opportunity_id=alert.opportunity_id,
+            event_id=alert.event_id,
+            account_id=alert.account_id,
+            metric_type=alert.metric_type,
+            automation_level=level,
+            status=status,
+            recommended_plan=plan.recommended_plan,
+            estimated_value=fields.pop("estimated_value", plan.estimated_value),
+            planner=planned.planner,
+            reply=reply,
+            email_message_id=email.message_id,
+            flow_run_id=str(flow_run.get_id()),
+            occurred_at=alert.occurred_at,
+            **fields,
         )
 
     draft = draft_email(alert, usage, contract, plan)
     if level is AutomationLevel.HUMAN_INTERVENTION:
         approval = wait_for(
-            "approve-email", EmailApproval, approval_timeout, settings,
+            "approve-email",
+            EmailApproval,
+            approval_timeout,
+            settings,
             f"Approve the upsell email to {draft.to} recommending **{plan.recommended_plan}**"
             f" (est. ${plan.estimated_value:,.0f}/yr). Edit the subject or body before approving.",
-            approved=True, subject=draft.subject, body_text=draft.body_text,
+            approved=True,
+            subject=draft.subject,
+            body_text=draft.body_text,
         )
         if not approval.approved:
             return finish(UpsellStatus.REJECTED, reviewer_note=approval.note, **planner_info)
         if (approval.subject, approval.body_text) != (draft.subject, draft.body_text):
-            draft = draft.model_copy(update={
-                "subject": approval.subject or draft.subject,
-                "body_text": approval.body_text or draft.body_text,
-                "body_html": text_to_html(approval.body_text) if approval.body_text else draft.body_html,
-            })
+            draft = draft.model_copy(
+                update={
+                    "subject": approval.subject or draft.subject,
+                    "body_text": approval.body_text or draft.body_text,
+                    "body_html": text_to_html(approval.body_text) if approval.body_text else draft.body_html,
+                }
+            )
 
     email = send_email_draft(alert, draft)
     if email.status == "suppressed":
         return finish(
-            UpsellStatus.SUPPRESSED, email=email, reply=CustomerReply.NO_REPLY,
-            log=opportunity(UpsellStatus.SUPPRESSED, CustomerReply.NO_REPLY, email), **planner_info,
+            UpsellStatus.SUPPRESSED,
+            email=email,
+            reply=CustomerReply.NO_REPLY,
+            log=opportunity(UpsellStatus.SUPPRESSED, CustomerReply.NO_REPLY, email),
+            **planner_info,
         )
     journal.reach(UpsellStage.EMAIL_SENT, status=email.status, message_id=email.message_id, to=draft.to)
 
@@ -175,10 +216,18 @@ def upsell(
     if level is not AutomationLevel.FULL_AUTOMATION:
         wait = "review" if level is AutomationLevel.HYBRID else "approve-opportunity"
         decision_links = {
-            "approve": _decision_link(settings, wait, {"approved": True, "estimated_value": plan.estimated_value,
-                                                        "note": "approved from Slack"}, alert.event_id),
-            "reject": _decision_link(settings, wait, {"approved": False, "estimated_value": plan.estimated_value,
-                                                       "note": "rejected from Slack"}, alert.event_id),
+            "approve": _decision_link(
+                settings,
+                wait,
+                {"approved": True, "estimated_value": plan.estimated_value, "note": "approved from Slack"},
+                alert.event_id,
+            ),
+            "reject": _decision_link(
+                settings,
+                wait,
+                {"approved": False, "estimated_value": plan.estimated_value, "note": "rejected from Slack"},
+                alert.event_id,
+            ),
         }
     slack_state = post_slack_summary(alert, level, contract, planned, email, decision_links, return_state=True)
     if slack_state.is_completed():
@@ -189,15 +238,24 @@ def upsell(
 
     if email.status == "unknown":
         return finish(
-            UpsellStatus.NEEDS_REVIEW, email=email, slack_posted=slack.posted,
-            log=opportunity(UpsellStatus.NEEDS_REVIEW, CustomerReply.NO_REPLY, email,
-                            reviewer_note=f"email outcome unknown: {email.detail}"),
+            UpsellStatus.NEEDS_REVIEW,
+            email=email,
+            slack_posted=slack.posted,
+            log=opportunity(
+                UpsellStatus.NEEDS_REVIEW,
+                CustomerReply.NO_REPLY,
+                email,
+                reviewer_note=f"email outcome unknown: {email.detail}",
+            ),
             **planner_info,
         )
 
     journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=reply_timeout)
     reply = wait_for(
-        "reply", CustomerReplyInput, reply_timeout, settings,
+        "reply",
+        CustomerReplyInput,
+        reply_timeout,
+        settings,
         f"The customer's answer to the upsell email ({plan.recommended_plan}) sent to {draft.to}.",
     ).reply
     journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
@@ -205,45 +263,88 @@ def upsell(
     estimated_value, note = plan.estimated_value, ""
     if level is AutomationLevel.HYBRID:
         review = wait_for(
-            "review", OpportunityReview, approval_timeout, settings,
+            "review",
+            OpportunityReview,
+            approval_timeout,
+            settings,
             f"Customer replied **{reply.value}**. Approve the upsell to {plan.recommended_plan}"
             f" ({'a meeting will be booked and ' if reply is CustomerReply.YES else ''}the opportunity logged).",
-            approved=True, estimated_value=plan.estimated_value,
+            approved=True,
+            estimated_value=plan.estimated_value,
         )
         if not review.approved:
-            return finish(UpsellStatus.REJECTED, email=email, reply=reply, slack_posted=slack.posted,
-                          reviewer_note=review.note, **planner_info)
+            return finish(
+                UpsellStatus.REJECTED,
+                email=email,
+                reply=reply,
+                slack_posted=slack.posted,
+                reviewer_note=review.note,
+                **planner_info,
+            )
         estimated_value, note = review.estimated_value, review.note
 
     meeting = None
     if reply is CustomerReply.YES:
         if level is AutomationLevel.HUMAN_INTERVENTION:
             decision = wait_for(
-                "approve-meeting", MeetingApproval, approval_timeout, settings,
-                f"The customer said yes. Book a meeting with {draft.to}?", approved=True,
+                "approve-meeting",
+                MeetingApproval,
+                approval_timeout,
+                settings,
+                f"The customer said yes. Book a meeting with {draft.to}?",
+                approved=True,
             )
             if not decision.approved:
-                return finish(UpsellStatus.REJECTED, email=email, reply=reply, slack_posted=slack.posted,
-                              reviewer_note=decision.note, **planner_info)
+                return finish(
+                    UpsellStatus.REJECTED,
+                    email=email,
+                    reply=reply,
+                    slack_posted=slack.posted,
+                    reviewer_note=decision.note,
+                    **planner_info,
+                )
         meeting = create_zoom_meeting(alert, contract, plan)
         if meeting is not None:
-            journal.reach(UpsellStage.MEETING_SCHEDULED, join_url=meeting.join_url,
-                          start_time=meeting.start_time.isoformat())
+            journal.reach(
+                UpsellStage.MEETING_SCHEDULED, join_url=meeting.join_url, start_time=meeting.start_time.isoformat()
+            )
 
     if level is AutomationLevel.HUMAN_INTERVENTION:
         review = wait_for(
-            "approve-opportunity", OpportunityReview, approval_timeout, settings,
+            "approve-opportunity",
+            OpportunityReview,
+            approval_timeout,
+            settings,
             f"Log the opportunity for {alert.account_id} ({plan.recommended_plan}, reply {reply.value})?",
-            approved=True, estimated_value=plan.estimated_value,
+            approved=True,
+            estimated_value=plan.estimated_value,
         )
         if not review.approved:
-            return finish(UpsellStatus.REJECTED, email=email, reply=reply, meeting=meeting,
-                          slack_posted=slack.posted, reviewer_note=review.note, **planner_info)
+            return finish(
+                UpsellStatus.REJECTED,
+                email=email,
+                reply=reply,
+                meeting=meeting,
+                slack_posted=slack.posted,
+                reviewer_note=review.note,
+                **planner_info,
+            )
         estimated_value, note = review.estimated_value, review.note
 
     return finish(
-        UpsellStatus.COMPLETED, email=email, reply=reply, meeting=meeting, slack_posted=slack.posted,
-        reviewer_note=note, **planner_info,
-        log=opportunity(UpsellStatus.COMPLETED, reply, email, estimated_value=estimated_value,
-                        meeting_join_url=meeting.join_url if meeting else None, reviewer_note=note),
+        UpsellStatus.COMPLETED,
+        email=email,
+        reply=reply,
+        meeting=meeting,
+        slack_posted=slack.posted,
+        reviewer_note=note,
+        **planner_info,
+        log=opportunity(
+            UpsellStatus.COMPLETED,
+            reply,
+            email,
+            estimated_value=estimated_value,
+            meeting_join_url=meeting.join_url if meeting else None,
+            reviewer_note=note,
+        ),
     )

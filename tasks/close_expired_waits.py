@@ -22,22 +22,33 @@ from prefect.exceptions import ObjectNotFound
 from flows.models import EXPIRED_WAIT_INPUT
 from tasks.waits import WaitDeadline, deadline_key
 
+PAGE = 200
+
 
 def expired_waits(now: datetime, limit: int = 500) -> list[tuple[Any, str, WaitDeadline]]:
     """(flow run, wait kind, deadline) of every paused upsell run whose wait deadline has passed."""
     found = []
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))),
-            limit=limit,
-        )
+        runs: list[Any] = []
+        while len(runs) < limit:  # the API answers at most PAGE runs per call
+            page = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
+                flow_run_filter=paused,
+                limit=min(PAGE, limit - len(runs)),
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < PAGE:
+                break
         for run in runs:
             kind = run.state.state_details.pause_key if run.state else None
             if kind not in EXPIRED_WAIT_INPUT:
                 continue
             try:
-                deadline = WaitDeadline.model_validate(json.loads(client.read_flow_run_input(run.id, deadline_key(kind))))
+                deadline = WaitDeadline.model_validate(
+                    json.loads(client.read_flow_run_input(run.id, deadline_key(kind)))
+                )
             except ObjectNotFound:
                 continue
             if deadline.deadline <= now:

@@ -38,7 +38,9 @@ def create_zoom_meeting(alert: UsageAlert, contract: ContractData, plan: UpsellP
     store = resolve("store").client
     try:
         done = run_once(
-            store, alert.event_id, MEETING_STEP,
+            store,
+            alert.event_id,
+            MEETING_STEP,
             lambda: scheduler.create_meeting(
                 topic=topic, start_time=start, invitee=contract.contact_email, agenda=agenda
             ).model_dump(mode="json"),

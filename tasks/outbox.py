@@ -10,7 +10,6 @@ from pathlib import Path
 from flows.models import EmailDraft
 from tasks.email_message import build_message
 
-
 #: Long URL headers (List-Unsubscribe) must stay plain ASCII, not RFC 2047 encoded-words: fold at 998.
 WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
 

@@ -44,8 +44,10 @@ class RuleBasedPlanner:
             f"Moving to {target.name} adds {currency} {value:,.0f}/yr and removes the {usage.metric_type} cap"
             f" that the account exceeds by {over_pct:.0f}%."
         )
-        risk = "Low: usage keeps growing." if usage.usage_trend == "increasing" else (
-            "Medium: usage is not growing, so the overage may be temporary."
+        risk = (
+            "Low: usage keeps growing."
+            if usage.usage_trend == "increasing"
+            else ("Medium: usage is not growing, so the overage may be temporary.")
         )
         if contract.renewal_date:
             risk += f" Renewal is due {contract.renewal_date}."

@@ -50,7 +50,10 @@ def build_summary(
             ],
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": plan.plan.justification[:2900]}},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Planner: {plan.planner} · <{run_link}|Open run in Prefect>"}]},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": f"Planner: {plan.planner} · <{run_link}|Open run in Prefect>"}],
+        },
     ]
     if decision_links:
         blocks.append(
@@ -85,12 +88,16 @@ def post_slack_summary(
     notifier = resolve("slack").client
     store = resolve("store").client
     try:
-        done = run_once(store, alert.event_id, SLACK_STEP, lambda: dict(zip(("channel", "ts"), notifier.post(message), strict=True)))
+        done = run_once(
+            store, alert.event_id, SLACK_STEP, lambda: dict(zip(("channel", "ts"), notifier.post(message), strict=True))
+        )
     finally:
         store.close()
     provider = type(notifier).__name__
     if done.status == "unknown":
         return SlackResult(posted=False, provider=provider, error=done.detail)
     result = done.result or {}
-    logger.info("Slack summary %s in %s", "posted" if done.status == "done" else "already posted", result.get("channel"))
+    logger.info(
+        "Slack summary %s in %s", "posted" if done.status == "done" else "already posted", result.get("channel")
+    )
     return SlackResult(posted=True, channel=result.get("channel", ""), ts=result.get("ts"), provider=provider)

@@ -81,8 +81,12 @@ def announce_integrations() -> list[str]:
         chosen = resolve(service)
         if chosen.standin:
             standins.append(service)
-            logger.info("Stand-in for %s: %s (save block %s to use the real service)",
-                        service, chosen.description, SERVICES[service].document)
+            logger.info(
+                "Stand-in for %s: %s (save block %s to use the real service)",
+                service,
+                chosen.description,
+                SERVICES[service].document,
+            )
         else:
             logger.info("Integration %s: %s", service, chosen.description)
         close = getattr(chosen.client, "close", None)

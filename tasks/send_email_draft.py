@@ -29,16 +29,22 @@ def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, pla
         answer: link_for(
             settings.public_base_url,
             secret,
-            LinkToken(flow_run_id=run_id, wait="reply", value={"reply": answer}, expires_at=expires,
-                      nonce=alert.event_id),
+            LinkToken(
+                flow_run_id=run_id, wait="reply", value={"reply": answer}, expires_at=expires, nonce=alert.event_id
+            ),
         )
         for answer in ("yes", "no", "maybe")
     }
     unsubscribe = link_for(
         settings.public_base_url,
         secret,
-        LinkToken(flow_run_id=run_id, wait="unsubscribe", value={"email": contract.contact_email},
-                  expires_at=int(time.time() + 365 * 86400), nonce=alert.event_id),
+        LinkToken(
+            flow_run_id=run_id,
+            wait="unsubscribe",
+            value={"email": contract.contact_email},
+            expires_at=int(time.time() + 365 * 86400),
+            nonce=alert.event_id,
+        ),
         route="unsubscribe",
     )
     return compose_email(
@@ -64,7 +70,9 @@ def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
         sender = resolve("email").client
         provider = type(sender).__name__
         done = run_once(
-            store, alert.event_id, EMAIL_STEP,
+            store,
+            alert.event_id,
+            EMAIL_STEP,
             lambda: {"message_id": sender.send(draft, idempotency_key=f"{alert.event_id}-email")},
         )
     finally:

@@ -13,8 +13,11 @@ from tests.support import wait_until_final, wait_until_paused
 
 async def _trigger(event_id: str, level: AutomationLevel, **kw) -> str:
     async with get_client() as client:
-        return str(await trigger_upsell_workflow(client, "12345", event_id, level, "trade_volume",
-                                                 current_value=150, threshold=100, **kw))
+        return str(
+            await trigger_upsell_workflow(
+                client, "12345", event_id, level, "trade_volume", current_value=150, threshold=100, **kw
+            )
+        )
 
 
 async def _reply(run_id: str, reply: str) -> None:

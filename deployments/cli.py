@@ -1,0 +1,271 @@
+"""The `upsell` command line: demo, serve, trigger, reply, approve, runs, sweep, blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="upsell",
+    help="Upsell: turn usage alerts into sales opportunities, on Prefect 3.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+blocks_app = typer.Typer(help="Prefect blocks of the integrations.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.command()
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all demo runs to finish.")] = 300.0,
+    keep_server: Annotated[bool, typer.Option(help="Leave the Prefect server it started running.")] = False,
+) -> None:
+    """Run the demo: a local Prefect server (unless PREFECT_API_URL is set), the served deployments, and
+    three alerts (HYBRID/yes, FULL/no, HUMAN/timeout) answered through the real resume path."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.demo import format_table, run_demo
+    from deployments.stack import Stack, ensure_prefect_server, start_runner, wait_for_deployments
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    stack = Stack(log_dir=settings.data_dir / "logs")
+    started = time.monotonic()
+    try:
+        api_url, own_server = ensure_prefect_server(stack)
+        log(f"Prefect API: {api_url}" + (" (started by this command)" if own_server else ""))
+        start_runner(stack, api_url, sweep_interval_s=0, poll_s=1)
+        wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
+        log("Deployments served: upsell/upsell, reply-timeouts/reply-timeouts")
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process talks to the same API
+            rows = asyncio.run(run_demo(api_url, timeout_s=timeout, log=log))
+    except (RuntimeError, TimeoutError) as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        if keep_server:
+            stack.processes = [p for p in stack.processes if p[0] != "prefect-server"]
+        stack.stop()
+    elapsed = time.monotonic() - started
+    standins = sorted({s for r in rows for s in (r["standins"] or [])})
+    if as_json:
+        typer.echo(json.dumps({"runs": rows, "standins": standins, "wall_time_s": round(elapsed, 1)}, indent=2))
+    else:
+        typer.echo("")
+        typer.echo(format_table(rows))
+        typer.echo("")
+        if standins:
+            typer.echo(
+                f"Local stand-ins used (no block saved): {', '.join(standins)}; files under {settings.data_dir}/"
+            )
+        typer.echo(f"Demo wall time: {elapsed:.1f}s")
+    if not all(r["ok"] for r in rows):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    sweep_interval: Annotated[int, typer.Option(help="Seconds between reply-timeout sweeps; 0 disables.")] = 300,
+    limit: Annotated[int | None, typer.Option(help="Max concurrent flow runs.")] = None,
+) -> None:
+    """Serve the upsell and reply-timeouts deployments from this process (needs a Prefect API)."""
+    from deployments.serve import main as serve_main
+
+    args = ["--sweep-interval", str(sweep_interval)] + (["--limit", str(limit)] if limit else [])
+    serve_main(args)
+
+
+@app.command()
+def trigger(
+    account_id: Annotated[str, typer.Argument(help="Account id, e.g. 12345.")],
+    event_id: Annotated[str, typer.Argument(help="Unique alert id; a repeat returns the same run.")],
+    metric: Annotated[str, typer.Option(help="Metric type.")] = "trade_volume",
+    level: Annotated[str | None, typer.Option(help="FULL_AUTOMATION, HYBRID or HUMAN_INTERVENTION.")] = None,
+    severity: Annotated[str, typer.Option(help="low, medium, high or critical.")] = "high",
+    value: Annotated[float | None, typer.Option(help="Current value of the metric.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Threshold the value crossed.")] = None,
+) -> None:
+    """Start an upsell for one alert through the `upsell` deployment (once per event id)."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.api import UpsellRequestError, trigger_upsell_workflow
+    from flows.models import Severity, automation_level_for
+
+    async def go() -> str:
+        async with get_client() as client:
+            chosen = level or automation_level_for(Severity(severity)).value
+            return str(
+                await trigger_upsell_workflow(
+                    client,
+                    account_id,
+                    event_id,
+                    chosen,
+                    metric,
+                    current_value=value,
+                    threshold=threshold,
+                    severity=severity,
+                )
+            )
+
+    try:
+        typer.echo(asyncio.run(go()))
+    except (UpsellRequestError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def reply(
+    flow_run_id: Annotated[str, typer.Argument(help="The waiting upsell run.")],
+    answer: Annotated[str, typer.Argument(help="yes, no or maybe.")],
+) -> None:
+    """Resume a run waiting for the customer's reply."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.api import NotWaitingError, UpsellRequestError, send_customer_reply
+
+    async def go() -> None:
+        async with get_client() as client:
+            await send_customer_reply(client, flow_run_id, answer)
+
+    try:
+        asyncio.run(go())
+    except (UpsellRequestError, NotWaitingError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"Resumed {flow_run_id} with reply {answer}")
+
+
+@app.command()
+def approve(
+    flow_run_id: Annotated[str, typer.Argument(help="The waiting upsell run.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
+    value: Annotated[float | None, typer.Option(help="Estimated value (review/opportunity waits).")] = None,
+    note: Annotated[str, typer.Option(help="Reviewer note.")] = "",
+    subject: Annotated[str, typer.Option(help="Edited email subject (email approval).")] = "",
+    body: Annotated[Path | None, typer.Option(help="File with the edited plain-text body (email approval).")] = None,
+) -> None:
+    """Answer whatever approval the run is waiting for (email, review, meeting or opportunity)."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.api import NotWaitingError, UpsellRequestError, resume_wait, waiting_for
+
+    async def go() -> str:
+        async with get_client() as client:
+            kind = await waiting_for(client, flow_run_id)
+            if kind is None or kind == "reply":
+                raise NotWaitingError(f"flow run {flow_run_id} is not waiting for an approval ({kind or 'not paused'})")
+            answer: dict[str, Any] = {"approved": not reject, "note": note}
+            if kind in ("review", "approve-opportunity"):
+                if value is None:
+                    raise UpsellRequestError("--value is required to answer a review (the estimated value)")
+                answer["estimated_value"] = value
+            if kind == "approve-email":
+                answer.update(subject=subject, body_text=body.read_text() if body else "")
+            await resume_wait(client, flow_run_id, kind, answer)
+            return kind
+
+    try:
+        kind = asyncio.run(go())
+    except (UpsellRequestError, NotWaitingError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{'Rejected' if reject else 'Approved'} {kind} of {flow_run_id}")
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option(help="How many runs to list.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List open upsells (not finished) with their stage and age."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypes
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    open_types = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+
+    async def go() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            found = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypes(any_=open_types))),
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=limit,
+            )
+        now = datetime.now(UTC)
+        return [
+            {
+                "flow_run_id": str(r.id),
+                "name": r.name,
+                "state": r.state.name if r.state else "",
+                "waiting_for": r.state.state_details.pause_key if r.state and r.state.is_paused() else None,
+                "age_h": round((now - r.created).total_seconds() / 3600, 2) if r.created else None,
+                "tags": r.tags,
+            }
+            for r in found
+        ]
+
+    rows = asyncio.run(go())
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("No open upsells.")
+    for r in rows:
+        typer.echo(
+            f"{r['name']:<60} {r['state']:<10} {r['waiting_for'] or '-':<20} {r['age_h']:>8} h  {r['flow_run_id']}"
+        )
+
+
+@app.command()
+def sweep() -> None:
+    """Close expired waits now (what the reply-timeouts deployment does every 5 minutes)."""
+    from flows.reply_timeouts import reply_timeouts
+
+    closed = reply_timeouts()
+    typer.echo(f"Closed {len(closed)} expired wait(s)")
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register the block types with the Prefect API (same as `prefect block register -m blocks`)."""
+    import blocks
+
+    for name in blocks.__all__:
+        getattr(blocks, name).register_type_and_schema()
+        typer.echo(f"Registered {name}")
+
+
+@blocks_app.command("create")
+def blocks_create() -> None:
+    """Save block documents `upsell-<service>` from UPSELL_* environment variables (see README)."""
+    try:
+        from deployments.blocks_setup import create_blocks_from_env
+    except ImportError as exc:  # pragma: no cover - the module ships with the integrations
+        raise _fail(f"blocks setup unavailable: {exc}") from exc
+    try:
+        saved = create_blocks_from_env(os.environ)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo("Saved: " + (", ".join(saved) if saved else "nothing (no UPSELL_* integration variables set)"))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
