@@ -35,3 +35,40 @@ def wait_until_final(run_id: UUID | str, timeout_s: float = 60) -> FlowRun:
             return run
         time.sleep(0.3)
     raise TimeoutError(f"run {run_id} not final in {timeout_s}s (state {run.state and run.state.name})")
+
+
+def find_run_id(name: str, timeout_s: float = 30) -> UUID:
+    """The id of the flow run called `name` (a direct flow call running in another thread)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+            if runs:
+                return runs[0].id
+            time.sleep(0.2)
+    raise TimeoutError(f"no flow run named {name}")
+
+
+def resume(run_id: UUID | str, kind: str, value: dict) -> None:
+    """Answer the run's wait through the public API (typed input, validated)."""
+    import asyncio
+
+    from deployments.api import resume_wait
+
+    async def go() -> None:
+        async with get_client() as client:
+            await resume_wait(client, run_id, kind, value)
+
+    asyncio.run(go())
+
+
+def task_runs(run_id: UUID | str) -> list:
+    """Every task run of a flow run, with its state."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])), limit=200
+        )
