@@ -1,0 +1,68 @@
+"""Vendor rate limits as Prefect global concurrency limits (slot decay = requests per second).
+
+Each client takes one slot of its vendor's limit before every request, so a burst of upsells queues in Prefect
+instead of earning 429s. A limit that does not exist is skipped (`strict=False`): rate limiting is opt-in,
+created by `ensure_rate_limits` (`upsell blocks create` or an operator) and tuned in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import rate_limit
+
+logger = logging.getLogger(__name__)
+
+#: Longest a request waits for a rate-limit slot before its step fails (and is retried by the task).
+SLOT_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class VendorRate:
+    """A published vendor limit: `burst` requests at once, refilled at `per_second`."""
+
+    burst: int
+    per_second: float
+    source: str
+
+
+VENDOR_RATES: dict[str, VendorRate] = {
+    # Tier-1 Messages API: 50 requests/minute, enforced over short intervals, so no burst beyond one.
+    "upsell-anthropic": VendorRate(1, 50 / 60, "Anthropic tier 1: 50 RPM"),
+    # chat.postMessage: about 1 message per second per channel (short bursts tolerated, not relied on).
+    "upsell-slack": VendorRate(1, 1.0, "Slack chat.postMessage: ~1 message/s per channel"),
+    # Meeting create is a 'Medium' API: 10 requests/s on Pro accounts (plus 100 creates per user per day).
+    "upsell-zoom": VendorRate(10, 10.0, "Zoom medium APIs: 10 requests/s (Pro)"),
+    # A sandboxed SES account sends 1 email/s; raise it to the account's quota once out of the sandbox.
+    "upsell-ses": VendorRate(1, 1.0, "SES sandbox: 1 email/s"),
+}
+
+
+class RateLimitSlotUnavailable(Exception):
+    """No rate-limit slot within SLOT_TIMEOUT_S: nothing was sent, so the step may safely be retried.
+
+    Deliberately not a TimeoutError: the idempotency guard treats TimeoutError as "the send may have happened".
+    """
+
+
+def acquire_rate_limit(name: str, timeout_s: float = SLOT_TIMEOUT_S) -> None:
+    """Take one slot of the global rate limit `name` if it exists; wait for it when the vendor's rate is used up."""
+    try:
+        rate_limit(name, occupy=1, timeout_seconds=timeout_s, strict=False)
+    except AcquireConcurrencySlotTimeoutError as exc:
+        raise RateLimitSlotUnavailable(f"no {name} rate-limit slot within {timeout_s:g}s") from exc
+    except ConcurrencySlotAcquisitionError as exc:
+        # Degrade on purpose: the Prefect API being unreachable must not stop the send; the clients still
+        # honour the vendor's own 429/Retry-After answers.
+        logger.warning("Rate limit %s not applied: %s", name, exc)
+
+
+def ensure_rate_limits(client: SyncPrefectClient, rates: dict[str, VendorRate] | None = None) -> dict[str, VendorRate]:
+    """Create or update one global concurrency limit per vendor, sized to its published rate."""
+    rates = VENDOR_RATES if rates is None else rates
+    for name, rate in rates.items():
+        client.upsert_global_concurrency_limit_by_name(name, limit=rate.burst, slot_decay_per_second=rate.per_second)
+    return rates

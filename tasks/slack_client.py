@@ -1,0 +1,91 @@
+"""Slack through slack-sdk: `chat.postMessage` with Block Kit, honouring `ratelimited` answers' Retry-After."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from tasks.interfaces import PermanentError, SlackPost
+from tasks.ratelimits import acquire_rate_limit
+
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT = "upsell-slack"
+
+#: Slack errors that no retry can fix (bad token, missing scope, unknown or archived channel, bad blocks).
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "not_allowed_token_type",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "restricted_action",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "no_text",
+    }
+)
+
+
+class SlackRateLimited(Exception):
+    """Slack kept answering `ratelimited` (or asked for a longer wait than we allow): retry the step later."""
+
+
+class SlackNotifier:
+    """Posts upsell summaries to a channel with a bot token."""
+
+    def __init__(
+        self, client: WebClient, channel: str, *, max_rate_limit_retries: int = 3, max_retry_after_s: float = 30.0
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.max_rate_limit_retries = max_rate_limit_retries
+        self.max_retry_after_s = max_retry_after_s
+
+    def __repr__(self) -> str:
+        return f"SlackNotifier(channel={self.channel!r}, base_url={self.client.base_url!r})"
+
+    def post(self, message: SlackPost) -> tuple[str, str]:
+        """Post the summary; returns (channel id, message ts)."""
+        channel = message.channel or self.channel
+        for attempt in range(self.max_rate_limit_retries + 1):
+            acquire_rate_limit(RATE_LIMIT)
+            try:
+                response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks)
+            except SlackApiError as exc:
+                error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""
+                if exc.response.status_code == 429 or error == "ratelimited":
+                    wait = _retry_after(exc, default=1.0)
+                    if attempt < self.max_rate_limit_retries and wait <= self.max_retry_after_s:
+                        logger.info("Slack rate limited; retrying in %.1fs (Retry-After)", wait)
+                        time.sleep(wait)
+                        continue
+                    raise SlackRateLimited(
+                        f"Slack ratelimited (Retry-After {wait:g}s) after {attempt + 1} tries"
+                    ) from exc
+                if error in PERMANENT_ERRORS:
+                    raise PermanentError(f"Slack refused chat.postMessage: {error}") from exc
+                raise
+            return str(response["channel"]), str(response["ts"])
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _retry_after(exc: SlackApiError, default: float) -> float:
+    for name, value in (exc.response.headers or {}).items():
+        if name.lower() == "retry-after":
+            first = value[0] if isinstance(value, list) else value
+            try:
+                return max(float(first), 0.0)
+            except ValueError:
+                return default
+    return default

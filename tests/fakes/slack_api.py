@@ -1,0 +1,107 @@
+"""A fake Slack Web API: `chat.postMessage` and `auth.test`, with Slack's `{"ok": false, "error": ...}` answers.
+
+A rate-limited answer is what Slack sends: HTTP 429, a `Retry-After` header and `{"ok": false, "error": "ratelimited"}`.
+`fake.fail_next(status=200, payload="channel_not_found")` queues a Slack API error (HTTP 200, ok false).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from tests.fakes.control import FakeControl
+from tests.fakes.server import serve_in_thread
+
+
+class FakeSlack(FakeControl):
+    """Control object and app of the fake Slack Web API; `messages` holds every message it accepted."""
+
+    def __init__(self, token: str = "xoxb-fake") -> None:
+        super().__init__()
+        self.token = token
+        self.messages: list[dict[str, Any]] = []
+        self.app = self._build_app()
+        self.base_url = ""
+        self._stop: Callable[[], None] | None = None
+
+    @property
+    def api_url(self) -> str:
+        """What slack-sdk expects as `base_url` (with the trailing slash)."""
+        return f"{self.base_url}/api/"
+
+    def start(self) -> FakeSlack:
+        self.base_url, self._stop = serve_in_thread(self.app)
+        return self
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop()
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            return await request.json()
+        form = await request.form()
+        body: dict[str, Any] = dict(form)
+        if isinstance(body.get("blocks"), str):
+            body["blocks"] = json.loads(body["blocks"])
+        return body
+
+    async def _fault_answer(self) -> Response | None:
+        fault = self.take_fault()
+        if fault is None:
+            return None
+        if fault.kind == "rate_limit":
+            return JSONResponse(
+                {"ok": False, "error": "ratelimited"},
+                status_code=429,
+                headers={"Retry-After": f"{fault.retry_after:g}"},
+            )
+        if fault.kind == "status":
+            if fault.status == 200:
+                return JSONResponse({"ok": False, "error": fault.payload or "internal_error"})
+            return PlainTextResponse("upstream error", status_code=fault.status)
+        if fault.kind == "malformed":
+            return PlainTextResponse("<html>not json", media_type="application/json")
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.seconds)
+        return None
+
+    def _authorised(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.token}"
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/api/auth.test")
+        async def auth_test(request: Request) -> Response:
+            self.record("POST", request.url.path, dict(request.headers), dict(request.query_params), {})
+            if (answer := await self._fault_answer()) is not None:
+                return answer
+            if not self._authorised(request):
+                return JSONResponse({"ok": False, "error": "invalid_auth"})
+            return JSONResponse({"ok": True, "url": "https://fake.slack.com/", "team": "Fake", "user": "upsell-bot"})
+
+        @app.post("/api/chat.postMessage")
+        async def post_message(request: Request) -> Response:
+            body = await self._body(request)
+            self.record("POST", request.url.path, dict(request.headers), dict(request.query_params), body)
+            if (answer := await self._fault_answer()) is not None:
+                return answer
+            if not self._authorised(request):
+                return JSONResponse({"ok": False, "error": "invalid_auth"})
+            if not body.get("channel"):
+                return JSONResponse({"ok": False, "error": "channel_not_found"})
+            ts = f"{time.time():.6f}"
+            channel_id = "C" + str(abs(hash(body["channel"])) % 10**9).zfill(9)
+            self.messages.append({**body, "ts": ts, "channel_id": channel_id})
+            return JSONResponse(
+                {"ok": True, "channel": channel_id, "ts": ts, "message": {"text": body.get("text", ""), "ts": ts}}
+            )
+
+        return app
