@@ -77,6 +77,89 @@ def demo(
 
 
 @app.command()
+def up(
+    receiver_port: Annotated[int, typer.Option(help="Port of the receiver.")] = 8000,
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (when it starts one).")] = 4200,
+) -> None:
+    """Start the local stack: Prefect server + UI (unless PREFECT_API_URL is set), the served deployments and
+    the receiver; print the URLs and a signed curl example; Ctrl-C stops every process it started."""
+    import secrets as random_secrets
+    import sys
+
+    import httpx
+
+    from deployments.stack import Stack, ensure_prefect_server, port_is_free, start_runner, wait_for_deployments
+    from tasks.settings import get_settings
+    from webhook.signing import sign
+
+    settings = get_settings()
+    if not port_is_free(receiver_port):
+        raise _fail(f"port {receiver_port} is in use: is `upsell up` already running? (nothing was started)")
+    secret = os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[0].strip()
+    if not secret and os.environ.get("UPSELL_WEBHOOK_INSECURE_DEV", "").lower() not in ("1", "true", "yes"):
+        secret_file = settings.data_dir / "webhook-secret"
+        if not secret_file.exists():  # a development secret, kept so links and scripts survive restarts
+            secret_file.parent.mkdir(parents=True, exist_ok=True)
+            secret_file.write_text(random_secrets.token_urlsafe(32))
+            secret_file.chmod(0o600)
+        secret = secret_file.read_text().strip()
+        typer.echo(f"Using the development webhook secret in {secret_file} (set UPSELL_WEBHOOK_SECRETS to override)")
+    stack = Stack(log_dir=settings.data_dir / "logs")
+    try:
+        api_url, own_server = ensure_prefect_server(stack, prefect_port)
+        start_runner(stack, api_url)
+        wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
+        receiver_env = {**os.environ, "PREFECT_API_URL": api_url, "UPSELL_PORT": str(receiver_port)}
+        if secret:
+            receiver_env["UPSELL_WEBHOOK_SECRETS"] = ",".join(
+                [secret, *os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[1:]]
+            ).strip(",")
+        stack.start("receiver", [sys.executable, "-m", "webhook"], receiver_env)
+        receiver = f"http://127.0.0.1:{receiver_port}"
+        for _ in range(120):
+            try:
+                if httpx.get(f"{receiver}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if stack.processes[-1][1].poll() is not None:
+                raise RuntimeError(f"the receiver exited:\n{stack.log_tail('receiver')}")
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("the receiver did not answer /healthz")
+        ui_url = api_url.rstrip("/").removesuffix("/api")
+        body = json.dumps({"event_id": f"curl-{int(time.time())}", "account_id": "12345",
+                           "metric_type": "trade_volume", "current_value": 150, "threshold": 100,
+                           "severity": "high"}, separators=(",", ":"))
+        signature = f"-H 'X-Upsell-Signature: {sign(body.encode(), secret)}' " if secret else ""
+        typer.echo(f"""
+Prefect UI      {ui_url}{' (started here)' if own_server else ''}
+Prefect API     {api_url}
+Receiver        {receiver}   (API docs: {receiver}/docs, health: {receiver}/healthz)
+Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-backfill (daily)
+Logs            {stack.log_dir}/
+
+Send the seed alert (signature valid for 5 minutes):
+  curl -sS -X POST {receiver}/alerts -H 'Content-Type: application/json' {signature}--data '{body}'
+
+Sign your own: t=$(date +%s); sig=$(printf '%s.%s' "$t" "$BODY" | openssl dgst -sha256 -hmac "$SECRET" | cut -d' ' -f2)
+  -H "X-Upsell-Signature: t=$t,v1=$sig"
+
+Press Ctrl-C to stop everything started here.""")
+        while all(process.poll() is None for _name, process in stack.processes):
+            time.sleep(1)
+        dead = [name for name, process in stack.processes if process.poll() is not None]
+        raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly; see {stack.log_dir}/")
+    except KeyboardInterrupt:
+        typer.echo("\nStopping...")
+    except (RuntimeError, TimeoutError) as exc:
+        raise _fail(str(exc)) from exc
+    finally:
+        stack.stop()
+    typer.echo("Stopped every process started by `upsell up`.")
+
+
+@app.command()
 def serve(
     sweep_interval: Annotated[int, typer.Option(help="Seconds between reply-timeout sweeps; 0 disables.")] = 300,
     limit: Annotated[int | None, typer.Option(help="Max concurrent flow runs.")] = None,
@@ -228,6 +311,47 @@ def runs(
         typer.echo(
             f"{r['name']:<60} {r['state']:<10} {r['waiting_for'] or '-':<20} {r['age_h']:>8} h  {r['flow_run_id']}"
         )
+
+
+@app.command()
+def backfill(
+    window_hours: Annotated[float, typer.Option(help="Hours back from --end to scan.")] = 24.0,
+    end: Annotated[datetime | None, typer.Option(help="End of the window (UTC); default now.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would be triggered.")] = False,
+) -> None:
+    """Scan the usage source over a window and submit each alert with no upsell yet to the receiver."""
+    from datetime import timedelta
+
+    from pydantic import ValidationError
+
+    from tasks.backfill_alerts import scan_usage_alerts, submit_alert
+
+    until = (end.replace(tzinfo=end.tzinfo or UTC)) if end else datetime.now(UTC)
+    since = until - timedelta(hours=window_hours)
+    try:
+        alerts = scan_usage_alerts.fn(since, until)
+        verdicts: dict[str, int] = {}
+        with typer.progressbar(alerts, label="Submitting alerts", show_pos=True) as progress:
+            for alert in progress:
+                verdict = submit_alert.fn(alert, dry_run).verdict
+                verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    except ValidationError as exc:  # e.g. UPSELL_WEBHOOK_SECRETS missing: the receiver would refuse the alerts
+        raise _fail(str(exc.errors()[0]["msg"])) from exc
+    except httpx_errors() as exc:
+        raise _fail(f"the receiver at its public URL did not answer: {exc}") from exc
+    typer.echo(
+        f"Window {since:%Y-%m-%d %H:%M}..{until:%Y-%m-%d %H:%M} UTC{' (dry run)' if dry_run else ''}: "
+        f"scanned {len(alerts)}, qualifying {len(alerts) - verdicts.get('not_qualifying', 0)}, "
+        f"already handled {verdicts.get('already_handled', 0)}, "
+        + (f"would trigger {verdicts.get('would_trigger', 0)}" if dry_run else
+           f"triggered {verdicts.get('triggered', 0)}, queued {verdicts.get('queued', 0)}")
+    )
+
+
+def httpx_errors() -> tuple[type[Exception], ...]:
+    import httpx
+
+    return (httpx.HTTPError,)
 
 
 @app.command()

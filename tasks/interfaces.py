@@ -25,6 +25,12 @@ class UsageSource(Protocol):
     def fetch_usage(self, alert: UsageAlert) -> UsageData: ...
 
 
+class UsageScanner(Protocol):
+    """A usage source that can list the alerts of a time window (for scheduled backfills)."""
+
+    def scan(self, since: datetime, until: datetime) -> list[UsageAlert]: ...
+
+
 class CrmSource(Protocol):
     """Where contracts come from."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, Field
 
-from flows.models import ContractData, UsageAlert, UsageData
+from flows.models import ContractData, Severity, UsageAlert, UsageData
 from tasks.interfaces import PermanentError
 
 
@@ -26,6 +27,15 @@ def _trend(growth: float) -> str:
     if growth < -0.02:
         return "decreasing"
     return "stable"
+
+
+def severity_for_overage(over: float) -> Severity:
+    """How severe an overage found by a scan is: >= 100 % critical, >= 25 % high, else medium."""
+    if over >= 1.0:
+        return Severity.CRITICAL
+    if over >= 0.25:
+        return Severity.HIGH
+    return Severity.MEDIUM
 
 
 def build_usage(
@@ -89,6 +99,28 @@ class FixtureSource:
             alert, figures["current"], figures["previous"], figures["threshold"], figures["period"], extra
         )
 
+    def scan(self, since: datetime, until: datetime) -> list[UsageAlert]:
+        """One alert per demo account metric over its threshold, dated at the end of the window."""
+        alerts = []
+        for account_id, account in sorted(_fixture_accounts().items()):
+            for metric, figures in sorted(account["usage"].items()):
+                if figures["current"] <= figures["threshold"]:
+                    continue
+                over = (figures["current"] - figures["threshold"]) / figures["threshold"]
+                alerts.append(
+                    UsageAlert(
+                        event_id=f"scan-{account_id}-{metric}-{until:%Y%m%d}",
+                        account_id=account_id,
+                        metric_type=metric,
+                        current_value=figures["current"],
+                        threshold=figures["threshold"],
+                        severity=severity_for_overage(over),
+                        occurred_at=until,
+                        context={"source": "fixture-scan", "window_start": since.isoformat()},
+                    )
+                )
+        return alerts
+
     def fetch_contract(self, account_id: str) -> ContractData:
         account = self._account(account_id)
         return ContractData(
@@ -136,6 +168,12 @@ class HttpUsageClient:
 
     def __repr__(self) -> str:
         return f"HttpUsageClient({self.client.base_url})"
+
+    def scan(self, since: datetime, until: datetime) -> list[UsageAlert]:
+        """Alerts the usage API reports for the window: `GET /usage/alerts?since=&until=` -> list of alerts."""
+        response = self.client.get("/usage/alerts", params={"since": since.isoformat(), "until": until.isoformat()})
+        response.raise_for_status()
+        return [UsageAlert.model_validate(item) for item in response.json()]
 
     def fetch_usage(self, alert: UsageAlert) -> UsageData:
         body = _mapped(

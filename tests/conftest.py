@@ -63,7 +63,7 @@ class Runner:
         }
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "deployments.serve", "--sweep-interval", "0"],
+            [sys.executable, "-m", "deployments.serve", "--sweep-interval", "0", "--no-rate-limits"],
             cwd=REPO,
             env=env,
             stdout=self._log,
@@ -103,3 +103,28 @@ def runner(prefect_server: str) -> Iterator[Runner]:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's SES over real HTTP for the session (started only when a test asks for it)."""
+    from tests.fakes.ses import start_moto  # moto is slow to import: only for the tests that use it
+
+    url, server = start_moto()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri() -> Iterator[str]:
+    """A MongoDB-wire server (nx-27017) for the whole session, stopped by PID at the end."""
+    from tests.mongo_server import NxServer
+
+    server = NxServer()
+    try:
+        server.wait_ready()
+        yield server.uri
+    finally:
+        server.stop()

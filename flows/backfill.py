@@ -1,0 +1,50 @@
+"""The upsell-backfill flow: triggers upsells for a window's qualifying alerts that have none yet."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from pydantic import BaseModel, Field
+
+from tasks.backfill_alerts import Submission, scan_usage_alerts, submit_alert
+
+
+class BackfillSummary(BaseModel):
+    """Counts of a backfill run."""
+
+    since: datetime
+    until: datetime
+    dry_run: bool
+    scanned: int
+    qualifying: int
+    already_handled: int
+    triggered: int
+    queued: int = 0
+    would_trigger: int = 0
+    submissions: list[Submission] = Field(default_factory=list)
+
+
+@flow(name="upsell-backfill")
+def upsell_backfill(window_hours: float = 24.0, end: datetime | None = None, dry_run: bool = False) -> BackfillSummary:
+    """Scan the usage source over a window and submit each qualifying alert through the receiver."""
+    until = end or datetime.now(UTC)
+    since = until - timedelta(hours=window_hours)
+    alerts = scan_usage_alerts(since, until)
+    submissions = [submit_alert(alert, dry_run) for alert in alerts]
+    counts = {v: sum(1 for s in submissions if s.verdict == v) for v in
+              ("triggered", "queued", "already_handled", "not_qualifying", "would_trigger")}
+    summary = BackfillSummary(
+        since=since, until=until, dry_run=dry_run, scanned=len(alerts),
+        qualifying=len(alerts) - counts["not_qualifying"], already_handled=counts["already_handled"],
+        triggered=counts["triggered"], queued=counts["queued"], would_trigger=counts["would_trigger"],
+        submissions=submissions,
+    )
+    create_table_artifact(
+        key="upsell-backfill",
+        table=[s.model_dump(mode="json") for s in submissions],
+        description=f"Backfill {since:%Y-%m-%d %H:%M}..{until:%Y-%m-%d %H:%M} UTC"
+        f"{' (dry run)' if dry_run else ''}: {summary.triggered} triggered, {summary.already_handled} already handled",
+    )
+    return summary

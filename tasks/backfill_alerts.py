@@ -1,0 +1,100 @@
+"""Backfill steps: scan the usage source for a window's alerts and submit each to the receiver, the same
+idempotent front door the metrics system uses (dedupe, one open upsell per account, cooldown, spool)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+from prefect import task
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger, get_run_logger
+from pydantic import BaseModel
+
+from flows.models import UsageAlert
+from tasks.integrations import resolve
+from tasks.policy import FETCH_TIMEOUT_S, step_options
+from webhook.dispatcher import qualification
+from webhook.models import AlertPayload
+from webhook.settings import ReceiverSettings
+from webhook.signing import SIGNATURE_HEADER, sign
+
+Verdict = Literal["triggered", "queued", "already_handled", "not_qualifying", "would_trigger"]
+
+
+class Submission(BaseModel):
+    """What became of one scanned alert."""
+
+    event_id: str
+    account_id: str
+    verdict: Verdict
+    flow_run_id: str | None = None
+    detail: str = ""
+
+
+def run_logger() -> Any:
+    """The run logger inside a flow or task run; a plain logger when called from the CLI."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("upsell.backfill")
+
+
+@task(name="scan_usage_alerts", **step_options(FETCH_TIMEOUT_S))
+def scan_usage_alerts(since: datetime, until: datetime) -> list[UsageAlert]:
+    """Alerts of the window from the usage source (fixture accounts by default)."""
+    source = resolve("usage").client
+    scan = getattr(source, "scan", None)
+    if scan is None:
+        raise TypeError(f"{type(source).__name__} cannot list alerts for a window")
+    alerts = scan(since, until)
+    run_logger().info("Scanned %s..%s: %d alert(s)", since.isoformat(), until.isoformat(), len(alerts))
+    return alerts
+
+
+def _payload(alert: UsageAlert) -> AlertPayload:
+    return AlertPayload(
+        event_id=alert.event_id, account_id=alert.account_id, metric_type=alert.metric_type,
+        current_value=float(alert.current_value or 0.0), threshold=float(alert.threshold or 0.0),
+        severity=alert.severity.value, occurred_at=alert.occurred_at, context=alert.context,
+    )
+
+
+@task(name="submit_alert", **step_options(FETCH_TIMEOUT_S))
+def submit_alert(alert: UsageAlert, dry_run: bool = False) -> Submission:
+    """Post the alert, signed, to the receiver (or, in a dry run, say what it would become)."""
+    settings = ReceiverSettings()
+    payload = _payload(alert)
+    base = {"event_id": alert.event_id, "account_id": alert.account_id}
+    with httpx.Client(base_url=settings.public_base_url, timeout=30) as client:
+        known = client.get(f"/alerts/{alert.event_id}")
+        if known.status_code == 200:
+            body = known.json()
+            return Submission(**base, verdict="already_handled", flow_run_id=body.get("flow_run_id"),
+                              detail=str(body.get("status")))
+        if known.status_code != 404:
+            known.raise_for_status()
+        qualifies, reason, detail = qualification(payload, settings)
+        if not qualifies:
+            return Submission(**base, verdict="not_qualifying", detail=f"{reason}: {detail}")
+        if dry_run:
+            return Submission(**base, verdict="would_trigger")
+        raw = json.dumps(payload.model_dump(mode="json")).encode()
+        headers = {"Content-Type": "application/json"}
+        if settings.signing_required:
+            headers[SIGNATURE_HEADER] = sign(raw, settings.secret_values()[0])
+        answer = client.post("/alerts", content=raw, headers=headers)
+        answer.raise_for_status()
+        body = answer.json()
+    if body.get("triggered") and not body.get("duplicate"):
+        verdict: Verdict = "triggered"
+    elif body.get("queued"):
+        verdict = "queued"
+    elif body.get("reason") in (None, "cooldown", "open_upsell") or body.get("duplicate"):
+        verdict = "already_handled"
+    else:
+        verdict = "not_qualifying"
+    return Submission(**base, verdict=verdict, flow_run_id=body.get("flow_run_id"),
+                      detail=str(body.get("reason") or body.get("detail") or ""))
