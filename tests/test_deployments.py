@@ -1,0 +1,70 @@
+"""prefect.yaml: every entrypoint imports as a flow with the declared parameters, and `prefect deploy --all`
+registers the deployments on a `upsell-pool` process work pool."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+
+import yaml
+from prefect import Flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.flows import load_flow_from_entrypoint
+
+from deployments.serve import build_deployments
+from tests.conftest import REPO
+
+SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
+
+
+def test_every_entrypoint_is_a_flow_with_the_declared_parameters():
+    names = set()
+    for deployment in SPEC["deployments"]:
+        flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+        assert isinstance(flow, Flow)
+        accepted = set(inspect.signature(flow.fn).parameters)
+        assert set(deployment.get("parameters", {})) <= accepted, deployment["name"]
+        assert deployment["work_pool"]["name"] == "upsell-pool"
+        assert flow.description, "Prefect shows the docstring"
+        names.add(deployment["name"])
+    assert names == {"upsell", "reply-timeouts", "upsell-backfill"}
+    served = {d.name for d in build_deployments()}
+    assert served == names  # `upsell serve` and prefect.yaml describe the same deployments
+
+
+def test_schedules_are_declared():
+    by_name = {d["name"]: d for d in SPEC["deployments"]}
+    assert by_name["reply-timeouts"]["schedules"] == [{"interval": 300}]
+    assert by_name["upsell-backfill"]["schedules"][0]["cron"]
+    assert by_name["upsell"]["enforce_parameter_schema"] is True
+
+
+def test_prefect_deploy_all_registers_the_deployments(prefect_server, tmp_path):
+    # The same file with the deployment names suffixed, so the deployments served by the session's runner
+    # (same flow names) are not rebound to the work pool.
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    for deployment in spec["deployments"]:
+        deployment["name"] += "-deploytest"
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump(spec))
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name="upsell-pool", type="process"))
+        except ObjectAlreadyExists:
+            pass
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PWD": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        for name in ("upsell/upsell", "reply-timeouts/reply-timeouts", "upsell-backfill/upsell-backfill"):
+            deployment = client.read_deployment_by_name(f"{name}-deploytest")
+            assert deployment.work_pool_name == "upsell-pool"
+            assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+        assert client.read_deployment_by_name("upsell/upsell-deploytest").enforce_parameter_schema
