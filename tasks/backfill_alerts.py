@@ -68,8 +68,11 @@ def submit_alert(alert: UsageAlert, dry_run: bool = False) -> Submission:
     settings = ReceiverSettings()
     payload = _payload(alert)
     base = {"event_id": alert.event_id, "account_id": alert.account_id}
+    secret = settings.secret_values()[0] if settings.signing_required else None
     with httpx.Client(base_url=settings.public_base_url, timeout=30) as client:
-        known = client.get(f"/alerts/{alert.event_id}")
+        path = f"/alerts/{alert.event_id}"
+        # the receiver signs a status read over its path, an alert over its body
+        known = client.get(path, headers={SIGNATURE_HEADER: sign(path.encode(), secret)} if secret else {})
         if known.status_code == 200:
             body = known.json()
             return Submission(**base, verdict="already_handled", flow_run_id=body.get("flow_run_id"),
@@ -83,8 +86,8 @@ def submit_alert(alert: UsageAlert, dry_run: bool = False) -> Submission:
             return Submission(**base, verdict="would_trigger")
         raw = json.dumps(payload.model_dump(mode="json")).encode()
         headers = {"Content-Type": "application/json"}
-        if settings.signing_required:
-            headers[SIGNATURE_HEADER] = sign(raw, settings.secret_values()[0])
+        if secret:
+            headers[SIGNATURE_HEADER] = sign(raw, secret)
         answer = client.post("/alerts", content=raw, headers=headers)
         answer.raise_for_status()
         body = answer.json()

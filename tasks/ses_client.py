@@ -10,6 +10,7 @@ from flows.models import EmailDraft
 from tasks.email_message import build_message
 from tasks.interfaces import SendOutcomeUnknown
 from tasks.outbox import WIRE_POLICY
+from tasks.ratelimits import acquire_rate_limit
 
 #: Header carrying our idempotency key, so a duplicate found in the mailbox can be traced to its event.
 IDEMPOTENCY_HEADER = "X-Upsell-Idempotency-Key"
@@ -43,6 +44,7 @@ class SesEmailClient:
         }
         if self.configuration_set:
             request["ConfigurationSetName"] = self.configuration_set
+        acquire_rate_limit("upsell-ses")  # the account's SES send rate, shared by every worker
         try:
             response = self.client.send_email(**request)
         except (ReadTimeoutError, ConnectionClosedError) as exc:

@@ -30,20 +30,10 @@ from tasks.ses_client import IDEMPOTENCY_HEADER
 from tasks.sources import FixtureSource
 from tasks.store import SqliteOpportunityStore
 from tests.fakes.server import serve_in_thread
-from tests.fakes.ses import ProxyState, create_proxy, parse_raw, sent_raw_messages, start_moto
+from tests.fakes.ses import ProxyState, create_proxy, parse_raw, sent_raw_messages
 
 REGION = "us-east-1"
 CONFIG_SET = "upsell-events"
-
-
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's SES over real HTTP for the session."""
-    url, server = start_moto()
-    try:
-        yield url
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

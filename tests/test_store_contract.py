@@ -23,18 +23,6 @@ from tasks.interfaces import OpportunityStore
 from tasks.log_opportunity import log_opportunity
 from tasks.mongo_store import MongoStore
 from tasks.store import SqliteOpportunityStore
-from tests.mongo_server import NxServer
-
-
-@pytest.fixture(scope="session")
-def mongo_uri() -> Iterator[str]:
-    """A MongoDB-wire server (nx-27017) for the whole session, stopped by PID at the end."""
-    server = NxServer()
-    try:
-        server.wait_ready()
-        yield server.uri
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "mongo"])
