@@ -32,6 +32,9 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all demo runs to finish.")] = 300.0,
     keep_server: Annotated[bool, typer.Option(help="Leave the Prefect server it started running.")] = False,
+    external_workers: Annotated[
+        bool, typer.Option(help="Do not serve the deployments here: workers on the upsell-pool work pool run them.")
+    ] = False,
 ) -> None:
     """Run the demo: a local Prefect server (unless PREFECT_API_URL is set), the served deployments, and
     three alerts (HYBRID/yes, FULL/no, HUMAN/timeout) answered through the real resume path."""
@@ -48,9 +51,11 @@ def demo(
     try:
         api_url, own_server = ensure_prefect_server(stack)
         log(f"Prefect API: {api_url}" + (" (started by this command)" if own_server else ""))
-        start_runner(stack, api_url, sweep_interval_s=0, poll_s=1)
+        if not external_workers:
+            start_runner(stack, api_url, sweep_interval_s=0, poll_s=1)
         wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
-        log("Deployments served: upsell/upsell, reply-timeouts/reply-timeouts")
+        log("Deployments " + ("run by the upsell-pool workers" if external_workers else "served")
+            + ": upsell/upsell, reply-timeouts/reply-timeouts")
         with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process talks to the same API
             rows = asyncio.run(run_demo(api_url, timeout_s=timeout, log=log))
     except (RuntimeError, TimeoutError) as exc:
