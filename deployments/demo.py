@@ -142,7 +142,7 @@ async def _drive(client: PrefectClient, runs: list[DemoRun], timeout_s: float, l
                 pending = True
                 continue
             if state.is_final():
-                run.state = state.name
+                run.state = state.name or state.type.value
                 if state.is_completed():
                     run.outcome = UpsellOutcome.model_validate(await state.aresult())
                 log(f"  {run.alert.event_id}: {state.name}")

@@ -22,7 +22,7 @@ def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[R
 
     `sweep_interval_s=0` serves them without schedules (tests and the demo trigger them explicitly).
     """
-    return [
+    deployments = [
         upsell.to_deployment(
             name="upsell",
             description="Turns a usage alert into an upsell. Triggered by the receiver, once per event id.",
@@ -43,6 +43,7 @@ def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[R
             enforce_parameter_schema=True,
         ),
     ]
+    return [d for d in deployments if isinstance(d, RunnerDeployment)]  # sync context: never a coroutine
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -116,6 +116,24 @@ def upsell(
     standins = announce_integrations()
     journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
 
+    usage = fetch_usage(alert)
+    contract = fetch_contract(alert.account_id)
+    journal.reach(
+        UpsellStage.FETCHING_DATA,
+        current_plan=contract.current_plan,
+        usage=usage.current_usage,
+        over_threshold=f"{usage.threshold_exceeded:.0%}",
+        trend=usage.usage_trend,
+    )
+    planned = ask_claude_for_plan(usage, contract)
+    plan = planned.plan
+    journal.reach(
+        UpsellStage.AI_ANALYSIS,
+        recommended_plan=plan.recommended_plan,
+        estimated_value=plan.estimated_value,
+        planner=planned.planner,
+    )
+
     def finish(
         status: UpsellStatus,
         *,
@@ -137,27 +155,10 @@ def upsell(
             opportunity_id=opportunity_id,
             standins=standins,
             timings=collect_timings(),
+            planner=planned.planner,
+            planner_reason=planned.reason,
             **extra,
         )
-
-    usage = fetch_usage(alert)
-    contract = fetch_contract(alert.account_id)
-    journal.reach(
-        UpsellStage.FETCHING_DATA,
-        current_plan=contract.current_plan,
-        usage=usage.current_usage,
-        over_threshold=f"{usage.threshold_exceeded:.0%}",
-        trend=usage.usage_trend,
-    )
-    planned = ask_claude_for_plan(usage, contract)
-    plan = planned.plan
-    journal.reach(
-        UpsellStage.AI_ANALYSIS,
-        recommended_plan=plan.recommended_plan,
-        estimated_value=plan.estimated_value,
-        planner=planned.planner,
-    )
-    planner_info = {"planner": planned.planner, "planner_reason": planned.reason}
 
     def opportunity(status: UpsellStatus, reply: CustomerReply, email: EmailResult, **fields: Any) -> Opportunity:
         return Opportunity(
@@ -191,7 +192,7 @@ def upsell(
             body_text=draft.body_text,
         )
         if not approval.approved:
-            return finish(UpsellStatus.REJECTED, reviewer_note=approval.note, **planner_info)
+            return finish(UpsellStatus.REJECTED, reviewer_note=approval.note)
         if (approval.subject, approval.body_text) != (draft.subject, draft.body_text):
             draft = draft.model_copy(
                 update={
@@ -208,7 +209,6 @@ def upsell(
             email=email,
             reply=CustomerReply.NO_REPLY,
             log=opportunity(UpsellStatus.SUPPRESSED, CustomerReply.NO_REPLY, email),
-            **planner_info,
         )
     journal.reach(UpsellStage.EMAIL_SENT, status=email.status, message_id=email.message_id, to=draft.to)
 
@@ -247,7 +247,6 @@ def upsell(
                 email,
                 reviewer_note=f"email outcome unknown: {email.detail}",
             ),
-            **planner_info,
         )
 
     journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=reply_timeout)
@@ -279,7 +278,6 @@ def upsell(
                 reply=reply,
                 slack_posted=slack.posted,
                 reviewer_note=review.note,
-                **planner_info,
             )
         estimated_value, note = review.estimated_value, review.note
 
@@ -301,7 +299,6 @@ def upsell(
                     reply=reply,
                     slack_posted=slack.posted,
                     reviewer_note=decision.note,
-                    **planner_info,
                 )
         meeting = create_zoom_meeting(alert, contract, plan)
         if meeting is not None:
@@ -327,7 +324,6 @@ def upsell(
                 meeting=meeting,
                 slack_posted=slack.posted,
                 reviewer_note=review.note,
-                **planner_info,
             )
         estimated_value, note = review.estimated_value, review.note
 
@@ -338,7 +334,6 @@ def upsell(
         meeting=meeting,
         slack_posted=slack.posted,
         reviewer_note=note,
-        **planner_info,
         log=opportunity(
             UpsellStatus.COMPLETED,
             reply,

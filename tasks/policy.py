@@ -30,11 +30,10 @@ def is_permanent(exc: BaseException) -> bool:
     if isinstance(exc, PermanentError | ValidationError | ValueError | TypeError | KeyError):
         return True
     if isinstance(exc, httpx.HTTPStatusError):
-        status = exc.response.status_code
-        return 400 <= status < 500 and status != 429
-    status = getattr(exc, "status_code", None)  # anthropic.APIStatusError and similar
-    if isinstance(status, int):
-        return 400 <= status < 500 and status not in (408, 409, 429)
+        return 400 <= exc.response.status_code < 500 and exc.response.status_code != 429
+    code = getattr(exc, "status_code", None)  # anthropic.APIStatusError and similar
+    if isinstance(code, int):
+        return 400 <= code < 500 and code not in (408, 409, 429)
     response = getattr(exc, "response", None)  # botocore ClientError carries a dict
     if isinstance(response, dict):
         http = response.get("ResponseMetadata", {}).get("HTTPStatusCode")

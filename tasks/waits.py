@@ -4,6 +4,7 @@ that the `reply-timeouts` sweep can find and close the ones nobody answered in t
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 from prefect import task
 from prefect.exceptions import ObjectAlreadyExists
@@ -32,6 +33,6 @@ def open_wait(kind: WaitKind, timeout_s: float) -> WaitDeadline:
     try:
         create_flow_run_input(key=deadline_key(kind), value=deadline.model_dump(mode="json"))
     except ObjectAlreadyExists:
-        existing = read_flow_run_input(key=deadline_key(kind), flow_run_id=flow_run.get_id())
+        existing = read_flow_run_input(key=deadline_key(kind), flow_run_id=UUID(str(flow_run.get_id())))
         return WaitDeadline.model_validate(existing)
     return deadline
