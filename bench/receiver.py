@@ -1,0 +1,223 @@
+"""Receiver benchmark (not part of the test suite).
+
+1. Raw Prefect: flow runs/s created with `create_flow_run_from_deployment` straight against the server.
+2. Receiver: signed alerts/s that end as created flow runs (POST /alerts -> 202 triggered), same server, same
+   concurrency; printed with the ratio to (1) (target >= 0.8).
+3. Spool: alerts/s accepted into the spool (202 queued) with the Prefect API stopped (target >= 1,000/s).
+
+It starts its own Prefect server and receiver as subprocesses (own PREFECT_HOME and database) and stops them
+by PID. Example: `.venv/bin/python bench/receiver.py --runs 300 --spool 3000 --concurrency 16`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SECRET = "bench-secret-0123456789abcdef"
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while the bench runs
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def start_prefect(home: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=(home / "server.log").open("ab"), stderr=subprocess.STDOUT,
+    )
+    wait_http(f"http://127.0.0.1:{port}/api/health", proc)
+    return proc
+
+
+def alert_bodies(n: int, tag: str) -> list[bytes]:
+    return [
+        json.dumps({
+            "event_id": f"bench-{tag}-{i}-{uuid.uuid4().hex[:6]}", "account_id": f"bench-{tag}-{i}",
+            "metric_type": "trade_volume", "current_value": 150.0, "threshold": 100.0, "severity": "high",
+        }).encode()
+        for i in range(n)
+    ]
+
+
+async def post_all(url: str, bodies: list[bytes], concurrency: int, want: str) -> tuple[float, int]:
+    """POST every body (signed just before sending), `concurrency` at a time; (seconds, answers with `want`)."""
+    from webhook.signing import sign
+
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    ok = 0
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal ok
+        while not queue.empty():
+            body = queue.get_nowait()
+            headers = {"content-type": "application/json", "X-Upsell-Signature": sign(body, SECRET)}
+            response = await client.post("/alerts", content=body, headers=headers)
+            if response.status_code == 202 and response.json().get(want):
+                ok += 1
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return time.perf_counter() - started, ok
+
+
+async def raw_rate(api_url: str, deployment: str, n: int, concurrency: int) -> float:
+    """Flow runs/s created directly (deployment id read once), with the same parameters as the receiver's."""
+    from prefect.client.orchestration import PrefectClient
+
+    from deployments.api import run_tags
+    from flows.models import AutomationLevel, UsageAlert
+
+    async with PrefectClient(api=api_url) as client:
+        dep = await client.read_deployment_by_name(deployment)
+        alerts = [UsageAlert.model_validate_json(b) for b in alert_bodies(n, "raw")]
+        queue: asyncio.Queue[UsageAlert] = asyncio.Queue()
+        for alert in alerts:
+            queue.put_nowait(alert)
+
+        async def worker() -> None:
+            while not queue.empty():
+                alert = queue.get_nowait()
+                await client.create_flow_run_from_deployment(
+                    dep.id, parameters={"alert": alert.model_dump(mode="json"), "automation_level": "HYBRID"},
+                    idempotency_key=f"upsell:{alert.event_id}", tags=run_tags(alert, AutomationLevel.HYBRID),
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - started)
+
+
+async def count_runs(api_url: str, deployment: str) -> int:
+    from prefect.client.orchestration import PrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    async with PrefectClient(api=api_url) as client:
+        dep = await client.read_deployment_by_name(deployment)
+        return await client.count_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=300, help="Flow runs created per phase (raw and receiver).")
+    parser.add_argument("--spool", type=int, default=3000, help="Alerts posted with the Prefect API down.")
+    parser.add_argument("--concurrency", type=int, default=8, help="Concurrent requests.")
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="upsell-bench-"))
+    prefect_port, receiver_port = free_port(), free_port()
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "UPSELL_"))}
+    prefect_env = base_env | {
+        "PREFECT_HOME": str(work / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{work / 'prefect.db'}",
+    }
+    (work / "prefect").mkdir()
+    server = receiver = None
+    try:
+        print(f"starting Prefect server on {api_url} (home {work})")
+        server = start_prefect(work, prefect_port, prefect_env)
+        deploy_env = base_env | {"PREFECT_API_URL": api_url, "PREFECT_HOME": str(work / "prefect"),
+                                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        subprocess.run(
+            [sys.executable, "-c", "from flows.upsell import upsell; upsell.to_deployment(name='bench').apply()"],
+            cwd=REPO, env=deploy_env, check=True, capture_output=True,
+        )
+        receiver_env = deploy_env | {
+            "UPSELL_WEBHOOK_SECRETS": SECRET, "UPSELL_PORT": str(receiver_port), "UPSELL_DATA_DIR": str(work),
+            "UPSELL_PREFECT_API_URL": api_url, "UPSELL_DEPLOYMENT_NAME": "upsell/bench",
+            "UPSELL_PREFECT_TIMEOUT_S": "2", "UPSELL_DISPATCH_INTERVAL_S": "1",
+        }
+        receiver = subprocess.Popen([sys.executable, "-m", "webhook"], cwd=REPO, env=receiver_env,
+                                    stdout=(work / "receiver.log").open("ab"), stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{receiver_port}"
+        wait_http(f"{url}/healthz", receiver)
+
+        asyncio.run(raw_rate(api_url, "upsell/bench", 20, 4))  # warm up both paths
+        asyncio.run(post_all(url, alert_bodies(20, "warm"), 4, "triggered"))
+
+        raw = asyncio.run(raw_rate(api_url, "upsell/bench", args.runs, args.concurrency))
+        before = asyncio.run(count_runs(api_url, "upsell/bench"))
+        started = time.perf_counter()
+        _, triggered = asyncio.run(post_all(url, alert_bodies(args.runs, "rcv"), args.concurrency, "triggered"))
+        # an alert the busy API answered 503 is spooled and replayed: it counts once its run exists
+        while httpx.get(f"{url}/healthz").json()["spool_depth"] and time.perf_counter() - started < 600:
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        total = asyncio.run(count_runs(api_url, "upsell/bench"))
+        via_receiver = (total - before) / seconds
+        print(f"raw Prefect create-flow-run rate : {raw:8.1f} runs/s   ({args.runs} runs, concurrency "
+              f"{args.concurrency})")
+        print(f"receiver, signed alerts -> runs  : {via_receiver:8.1f} alerts/s ({total - before} runs; "
+              f"{triggered} triggered at once, {args.runs - triggered} via the spool)")
+        print(f"ratio receiver / raw             : {via_receiver / raw:8.2f}   (target >= 0.8)")
+        print(f"flow runs on the server          : {total} (expected {2 * args.runs + 40})")
+
+        stop(server)
+        server = None
+        asyncio.run(post_all(url, alert_bodies(1, "detect"), 1, "queued"))  # the first one finds the API down
+        seconds, queued = asyncio.run(post_all(url, alert_bodies(args.spool, "spool"), args.concurrency, "queued"))
+        depth = httpx.get(f"{url}/healthz").json()["spool_depth"]
+        print(f"spool, API down                  : {queued / seconds:8.1f} alerts/s ({queued}/{args.spool} queued, "
+              f"spool depth {depth})  (target >= 1000)")
+
+        server = start_prefect(work, prefect_port, prefect_env)
+        started = time.perf_counter()
+        while httpx.get(f"{url}/healthz").json()["spool_depth"] and time.perf_counter() - started < 600:
+            time.sleep(0.5)
+        drained = time.perf_counter() - started
+        print(f"spool replay after restart       : {depth} alerts in {drained:.1f}s ({depth / drained:.1f}/s)")
+    finally:
+        stop(receiver)
+        stop(server)
+
+
+if __name__ == "__main__":
+    main()

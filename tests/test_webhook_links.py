@@ -1,0 +1,136 @@
+"""Reply, approval and unsubscribe links against real suspended runs served by the session runner: GET changes
+nothing, POST resumes once (twenty concurrent POSTs -> one resume), used/expired/forged links get clear pages,
+and an unsubscribed contact's upsell ends `suppressed` without an email."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from email import policy
+from email.parser import BytesParser
+
+import httpx
+import pytest
+
+from flows.models import UpsellOutcome
+from tasks.links import LinkToken, sign_token, verify_token
+from tasks.sources import FixtureSource
+from tasks.store import SqliteOpportunityStore
+from tests.support import read_run, wait_until_final, wait_until_paused
+from tests.test_webhook_support import SECRET, alert, get_status, post_alert
+from webhook.serve import ReceiverThread
+from webhook.settings import ReceiverSettings
+
+TOKEN_RE = re.compile(r"https?://\S+?/(links|unsubscribe)/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
+
+
+@pytest.fixture(scope="module")
+def receiver(runner, prefect_server, tmp_path_factory) -> Iterator[tuple[httpx.Client, ReceiverSettings]]:
+    tmp = tmp_path_factory.mktemp("links-receiver")
+    # the runner's data dir: the unsubscribe endpoint writes to the store the flow reads
+    settings = ReceiverSettings(webhook_secrets=SECRET, data_dir=runner.data_dir, receiver_db=tmp / "receiver.db",
+                                prefect_api_url=prefect_server)
+    with ReceiverThread(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http, settings
+
+
+def _token(settings: ReceiverSettings, run_id: str, wait: str, value: dict, ttl_s: int = 3600) -> str:
+    link = LinkToken(flow_run_id=run_id, wait=wait, value=value, expires_at=int(time.time()) + ttl_s, nonce="t")
+    return sign_token(link, settings.link_secret.get_secret_value())
+
+
+def _email_links(runner, event_id: str, secret: str) -> tuple[dict[str, str], str, str]:
+    """({answer: token}, unsubscribe token, List-Unsubscribe-Post) from the email the run wrote to the outbox."""
+    with (runner.data_dir / "outbox" / f"{event_id}-email.eml").open("rb") as handle:
+        message = BytesParser(policy=policy.default).parse(handle)
+    text = message.get_body(preferencelist=("plain",)).get_content()
+    replies = {verify_token(t, secret).value["reply"]: t for kind, t in TOKEN_RE.findall(text) if kind == "links"}
+    unsubscribe = TOKEN_RE.search(message["List-Unsubscribe"]).group(2)
+    return replies, unsubscribe, message["List-Unsubscribe-Post"]
+
+
+def test_reply_and_approval_links(receiver, runner):
+    http, settings = receiver
+    payload = alert(severity="high")  # HYBRID: waits for the reply, then for a reviewer
+    run_id = post_alert(http, payload).json()["flow_run_id"]
+    wait_until_paused(run_id, "reply", timeout_s=90)
+    replies, unsubscribe, one_click = _email_links(runner, payload["event_id"], settings.link_secret.get_secret_value())
+    assert set(replies) == {"yes", "no", "maybe"} and one_click == "List-Unsubscribe=One-Click"
+    assert http.get(f"/unsubscribe/{unsubscribe}").status_code == 200
+
+    # GET (a mail scanner's prefetch) shows a confirmation page and changes nothing
+    page = http.get(f"/links/{replies['yes']}")
+    assert page.status_code == 200 and "<form method=post>" in page.text and "no-store" in page.headers["cache-control"]
+    time.sleep(1)
+    assert read_run(run_id).state.state_details.pause_key == "reply"
+
+    # twenty concurrent POSTs of one token: one resume, nineteen "already used"
+    def click(_: int) -> int:
+        with httpx.Client(base_url=str(http.base_url), timeout=60) as own:
+            return own.post(f"/links/{replies['yes']}").status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        codes = list(pool.map(click, range(20)))
+    assert sorted(codes) == [200] + [410] * 19, codes
+    wait_until_paused(run_id, "review", timeout_s=60)
+    used = http.get(f"/links/{replies['yes']}")
+    assert used.status_code == 410 and "already used" in used.text
+
+    # another answer to the same question: the run no longer waits for it
+    late = http.post(f"/links/{replies['no']}")
+    assert late.status_code == 409 and "Nothing was changed" in late.text
+
+    # forged, garbage, wrong-route and expired tokens
+    forged = replies["maybe"][:-2] + ("AA" if not replies["maybe"].endswith("AA") else "BB")
+    for bad in (forged, "not-a-token", "abc.def"):
+        assert http.get(f"/links/{bad}").status_code == 403
+        assert http.post(f"/links/{bad}").status_code == 403
+    assert http.post(f"/links/{unsubscribe}").status_code == 403
+    review = {"approved": True, "estimated_value": 4321.0, "note": "approved by the link test"}
+    expired = _token(settings, run_id, "review", review, ttl_s=-10)
+    assert http.get(f"/links/{expired}").status_code == 410
+    response = http.post(f"/links/{expired}")
+    assert response.status_code == 410 and "expired" in response.text
+    assert read_run(run_id).state.state_details.pause_key == "review"
+
+    approve = http.post(f"/links/{_token(settings, run_id, 'review', review)}")
+    assert approve.status_code == 200, approve.text
+    final = wait_until_final(run_id, timeout_s=60)
+    assert final.state.is_completed(), final.state
+    outcome = UpsellOutcome.model_validate(final.state.result())
+    assert outcome.reply == "yes" and outcome.reviewer_note == "approved by the link test"
+    status = get_status(http, payload["event_id"]).json()
+    assert status["run_state"] == "Completed" and status["run_stage"] == "Completed"
+
+
+def test_one_click_unsubscribe_suppresses_the_next_upsell(receiver, runner):
+    http, settings = receiver
+    account = f"unsub-{uuid.uuid4().hex[:10]}"
+    email = FixtureSource().fetch_contract(account).contact_email
+    token = _token(settings, str(uuid.uuid4()), "unsubscribe", {"email": email}, ttl_s=365 * 86400)
+    store = SqliteOpportunityStore(runner.data_dir / "upsell.db")
+    try:
+        page = http.get(f"/unsubscribe/{token}")
+        assert page.status_code == 200 and "List-Unsubscribe" in page.text and not store.is_suppressed(email)
+        assert http.post(f"/unsubscribe/{token}").status_code == 400  # not a one-click request
+        assert not store.is_suppressed(email)
+        expired = _token(settings, "r", "unsubscribe", {"email": email}, ttl_s=-1)
+        assert http.post(f"/unsubscribe/{expired}", content=b"List-Unsubscribe=One-Click").status_code == 410
+        assert http.post(f"/unsubscribe/{token[:-3]}xyz", content=b"List-Unsubscribe=One-Click").status_code == 403
+
+        done = http.post(f"/unsubscribe/{token}", content=b"List-Unsubscribe=One-Click",
+                         headers={"content-type": "application/x-www-form-urlencoded"})
+        assert done.status_code == 200 and store.is_suppressed(email)
+        assert http.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    finally:
+        store.close()
+
+    payload = alert(account_id=account, severity="critical")
+    run_id = post_alert(http, payload).json()["flow_run_id"]
+    final = wait_until_final(run_id, timeout_s=90)
+    outcome = UpsellOutcome.model_validate(final.state.result())
+    assert outcome.status == "suppressed" and outcome.email_sent is False
+    assert not list((runner.data_dir / "outbox").glob(f"{payload['event_id']}*"))

@@ -1,0 +1,293 @@
+"""Turns accepted alerts into upsell flow runs: once per event id, one open upsell per account, a cooldown,
+and a durable spool replayed in order while the Prefect API is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.sorting import ArtifactSort
+from prefect.exceptions import ObjectNotFound
+
+from deployments.api import create_upsell_run
+from flows.models import UsageAlert, automation_level_for
+from webhook.models import AlertAnswer, AlertPayload, AlertStatus
+from webhook.settings import ReceiverSettings
+from webhook.store import ReceiverStore
+
+logger = logging.getLogger("upsell.receiver")
+T = TypeVar("T")
+
+#: HTTP status of each answer: a new upsell or a spooled alert is accepted for later work (202).
+NEW_STATUS = {"triggered": 202, "queued": 202}
+
+
+class PrefectUnavailable(Exception):
+    """The Prefect API could not be reached (or cannot create the run yet): the alert goes to the spool."""
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (httpx.TransportError, TimeoutError, OSError)):
+        return True
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
+    return False
+
+
+def qualification(alert: AlertPayload, settings: ReceiverSettings) -> tuple[bool, str | None, str | None]:
+    """(qualifies, reason, detail): an eligible metric AND (a qualifying severity OR a high value)."""
+    if alert.metric_type not in settings.qualifying_metrics:
+        return False, "metric_not_eligible", (
+            f"metric_type {alert.metric_type!r} is not one of {', '.join(settings.qualifying_metrics)}"
+        )
+    if alert.severity in {s.value for s in settings.qualifying_severities}:
+        return True, None, None
+    if alert.current_value > settings.high_value_threshold:
+        return True, None, None
+    return False, "below_high_value_threshold", (
+        f"severity {alert.severity} and current_value {alert.current_value:g} <= {settings.high_value_threshold:g}"
+    )
+
+
+def answer_from_row(row: dict[str, Any], *, duplicate: bool) -> AlertAnswer:
+    status = row["status"]
+    return AlertAnswer(
+        event_id=row["event_id"],
+        triggered=(status == "triggered"),
+        queued=status in ("queued", "received"),
+        duplicate=duplicate,
+        flow_run_id=row["flow_run_id"],
+        automation_level=row["automation_level"] if status in ("triggered", "queued", "received") else None,
+        reason=row["reason"] if status not in ("triggered", "queued", "received") else None,
+        detail=row["detail"],
+        open_event_id=row["open_event_id"],
+    )
+
+
+class AlertDispatcher:
+    """Decides what an alert becomes and creates its run; replays the spool in the background."""
+
+    def __init__(self, settings: ReceiverSettings, store: ReceiverStore, client: PrefectClient) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.api_down = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+
+    # ---- the Prefect API, bounded in time ----
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """One API call, at most `prefect_timeout_s` (Prefect's client retries a dead API for a minute)."""
+        try:
+            async with asyncio.timeout(self.settings.prefect_timeout_s):
+                result = await make()
+        except Exception as exc:
+            if is_unavailable(exc):
+                if not isinstance(exc, httpx.HTTPStatusError):  # a busy API (5xx, 429) is not a down API
+                    if not self.api_down:
+                        logger.warning("Prefect API unreachable (%s: %s); spooling alerts", type(exc).__name__, exc)
+                    self.api_down = True
+                raise PrefectUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        return result
+
+    # ---- accepting an alert ----
+
+    async def accept(self, payload: AlertPayload) -> tuple[int, AlertAnswer]:
+        """Record the alert once (the event id is the key), decide it, and say what became of it."""
+        alert = payload.to_alert()
+        qualifies, reason, detail = qualification(payload, self.settings)
+        level = automation_level_for(alert.severity, self.settings.severity_levels)
+        inserted = self.store.insert_alert(
+            event_id=alert.event_id, account_id=alert.account_id, payload=alert.model_dump_json(),
+            automation_level=level.value, qualified=qualifies,
+            status="received" if qualifies else "not_qualified", reason=reason, detail=detail,
+        )
+        if not inserted:
+            return 200, await self._answer_duplicate(alert.event_id)
+        if not qualifies:
+            return 200, AlertAnswer(event_id=alert.event_id, triggered=False, reason=reason, detail=detail)
+        answer = await self.decide(alert, from_spool=False)
+        status = "queued" if answer.queued else ("triggered" if answer.triggered else "other")
+        return NEW_STATUS.get(status, 200), answer
+
+    async def _answer_duplicate(self, event_id: str) -> AlertAnswer:
+        """A repeat gets the first delivery's answer; if that one is still being decided, wait for it."""
+        deadline = time.monotonic() + 2 * self.settings.prefect_timeout_s + 1
+        row = self.store.get(event_id)
+        while row is not None and row["status"] == "received" and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            row = self.store.get(event_id)
+        assert row is not None  # rows are never deleted
+        return answer_from_row(row, duplicate=True)
+
+    def _lock(self, account_id: str) -> asyncio.Lock:
+        lock = self._locks.get(account_id)
+        if lock is None:
+            lock = self._locks[account_id] = asyncio.Lock()
+        return lock
+
+    async def decide(self, alert: UsageAlert, *, from_spool: bool) -> AlertAnswer:
+        """Attach to an open upsell, refuse in cooldown, or start the run; spool when the API is away."""
+        event_id, account_id = alert.event_id, alert.account_id
+        async with self._lock(account_id):
+            if not from_spool and (self.api_down or self.store.queued_before(account_id, event_id)):
+                why = "Prefect API unreachable" if self.api_down else "an earlier alert of the account is queued"
+                return self._spool(event_id, why, wake=True)
+            try:
+                for upsell in self.store.open_upsells(account_id, exclude=event_id):
+                    if not await self._still_open(upsell):
+                        continue
+                    detail = f"upsell of event {upsell['event_id']} is still open; alert recorded on it"
+                    self.store.update(event_id, status="attached", reason="open_upsell", detail=detail,
+                                      flow_run_id=upsell["flow_run_id"], open_event_id=upsell["event_id"])
+                    return answer_from_row(self._row(event_id), duplicate=False)
+                ended = self.store.last_ended_at(account_id)
+                if ended is not None and time.time() - ended < self.settings.cooldown_s:
+                    until = datetime.fromtimestamp(ended + self.settings.cooldown_s, UTC).isoformat()
+                    self.store.update(event_id, status="cooldown", reason="cooldown",
+                                      detail=f"the account's last upsell ended recently; cooldown until {until}")
+                    return answer_from_row(self._row(event_id), duplicate=False)
+                run = await self._create_run(alert)
+            except PrefectUnavailable as exc:
+                return self._spool(event_id, str(exc), wake=not from_spool)
+            self.store.update(event_id, status="triggered", flow_run_id=str(run.id))
+            return answer_from_row(self._row(event_id), duplicate=False)
+
+    def _row(self, event_id: str) -> dict[str, Any]:
+        row = self.store.get(event_id)
+        assert row is not None
+        return row
+
+    def _spool(self, event_id: str, why: str, *, wake: bool) -> AlertAnswer:
+        row = self._row(event_id)
+        self.store.update(event_id, status="queued", attempts=row["attempts"] + 1, last_error=why)
+        if wake and not self.api_down:
+            self._wake.set()
+        return answer_from_row(self._row(event_id), duplicate=False)
+
+    async def _create_run(self, alert: UsageAlert) -> Any:
+        level = automation_level_for(alert.severity, self.settings.severity_levels)
+        try:
+            # Prefect's idempotency key (upsell:<event_id>) is the second guard: a replay finds the same run
+            return await self._call(lambda: create_upsell_run(
+                self.client, alert, level, deployment_name=self.settings.deployment_name))
+        except ObjectNotFound as exc:
+            # not a bad alert: the deployment is not registered (yet); keep the alert until it is
+            raise PrefectUnavailable(f"deployment {self.settings.deployment_name} not found") from exc
+
+    async def _still_open(self, upsell: dict[str, Any]) -> bool:
+        """Whether the upsell's run is not final yet; a final one is stamped with its end (cooldown start)."""
+        try:
+            run = await self._call(lambda: self.client.read_flow_run(UUID(upsell["flow_run_id"])))
+        except ObjectNotFound:
+            self.store.update(upsell["event_id"], ended_at=time.time())
+            return False
+        if run.state is None or not run.state.is_final():
+            return True
+        ended = run.end_time or run.state.timestamp
+        self.store.update(upsell["event_id"], ended_at=ended.timestamp() if ended else time.time())
+        return False
+
+    # ---- the spool ----
+
+    async def run_forever(self) -> None:
+        """Replay the spool, oldest first, whenever it is not empty; probe the API while it is down."""
+        progress = False
+        while True:
+            if not progress:  # after a productive round, go straight on with the rest of the spool
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.dispatch_interval_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+            progress = False
+            try:
+                progress = await self.replay() > 0
+            except Exception:
+                # the loop must outlive any one failure; the alerts stay in the spool for the next round
+                logger.exception("Spool replay failed; retrying in %ss", self.settings.dispatch_interval_s)
+
+    async def replay(self) -> int:
+        """Decide every spooled alert: accounts in parallel, each account's alerts in arrival order, stopping
+        an account at the first alert the API still cannot take."""
+        rows = self.store.queued(limit=5000)
+        if not rows:
+            return 0
+        if self.api_down and await self.probe() is not None:
+            return 0
+        by_account: dict[str, list[UsageAlert]] = {}
+        for row in rows:
+            by_account.setdefault(row["account_id"], []).append(UsageAlert.model_validate_json(row["payload"]))
+        gate = asyncio.Semaphore(self.settings.replay_concurrency)
+
+        async def replay_account(alerts: list[UsageAlert]) -> int:
+            done = 0
+            async with gate:
+                for alert in alerts:
+                    if self.api_down or (await self.decide(alert, from_spool=True)).queued:
+                        break
+                    done += 1
+            return done
+
+        done = sum(await asyncio.gather(*(replay_account(a) for a in by_account.values())))
+        if done:
+            logger.info("Replayed %d spooled alert(s); %d left", done, self.store.spool_depth())
+        return done
+
+    async def probe(self) -> Exception | None:
+        """Check the API; clears the down flag when it answers."""
+        try:
+            async with asyncio.timeout(self.settings.prefect_timeout_s):
+                error = await self.client.api_healthcheck()
+        except TimeoutError as exc:
+            error = exc
+        if error is None and self.api_down:
+            logger.info("Prefect API is back; replaying %d spooled alert(s)", self.store.spool_depth())
+            self.api_down = False
+        elif error is not None:
+            self.api_down = True
+        return error
+
+    # ---- status ----
+
+    async def status(self, event_id: str) -> AlertStatus | None:
+        """The stored decision, plus the run's state and stage when the API answers."""
+        row = self.store.get(event_id)
+        if row is None:
+            return None
+        base = answer_from_row(row, duplicate=False).model_dump()
+        status = AlertStatus(
+            **base, account_id=row["account_id"], status=row["status"], qualified=bool(row["qualified"]),
+            received_at=row["received_at"],
+        )
+        if row["status"] == "queued":
+            status.run_error = row["last_error"]
+        if not row["flow_run_id"]:
+            return status
+        alert = UsageAlert.model_validate_json(row["payload"])
+        if row["status"] == "attached":
+            alert = UsageAlert.model_validate_json(self._row(row["open_event_id"])["payload"])
+        try:
+            run = await self._call(lambda: self.client.read_flow_run(UUID(row["flow_run_id"])))
+            status.run_state = run.state.name if run.state else None
+            artifacts = await self._call(lambda: self.client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"upsell-{alert.slug}"])),
+                sort=ArtifactSort.CREATED_DESC, limit=1,
+            ))
+        except (PrefectUnavailable, ObjectNotFound) as exc:
+            status.run_error = str(exc) or type(exc).__name__
+            return status
+        if artifacts and artifacts[0].description:
+            # record_stage describes each artifact version as "Upsell <account>/<event>: <stage>"
+            status.run_stage = artifacts[0].description.rsplit(": ", 1)[-1]
+        return status

@@ -1,0 +1,61 @@
+"""`X-Upsell-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` (the Stripe scheme)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+SIGNATURE_HEADER = "X-Upsell-Signature"
+
+
+class SignatureError(Exception):
+    """Why a request's signature was refused (the text is sent back with the 401)."""
+
+
+def compute_signature(secret: bytes | str, timestamp: int, body: bytes) -> str:
+    key = secret.encode() if isinstance(secret, str) else secret
+    return hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign(body: bytes, secret: bytes | str, timestamp: int | None = None) -> str:
+    """The header value for `body` (what the metrics system sends; used by tests, the bench and docs)."""
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={compute_signature(secret, t, body)}"
+
+
+def verify_signature(
+    header: str | None, body: bytes, secrets: list[bytes], tolerance_s: int, now: float | None = None
+) -> None:
+    """Accept when one `v1` matches one secret and `t` is within the tolerance; else raise SignatureError."""
+    if not header:
+        raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            raise SignatureError(f"malformed {SIGNATURE_HEADER} header: expected t=<unix seconds>,v1=<hex>")
+        if key == "t":
+            if not value.isdigit() or len(value) > 12:
+                raise SignatureError(f"malformed {SIGNATURE_HEADER} header: t must be unix seconds")
+            timestamp = int(value)
+        elif key == "v1":
+            candidates.append(value.lower())
+        # other schemes (v0, future v2) are ignored, as Stripe does
+    if timestamp is None or not candidates:
+        raise SignatureError(f"malformed {SIGNATURE_HEADER} header: expected t=<unix seconds>,v1=<hex>")
+    skew = (time.time() if now is None else now) - timestamp
+    if abs(skew) > tolerance_s:
+        raise SignatureError(
+            f"stale signature: timestamp is {abs(int(skew))}s {'old' if skew > 0 else 'in the future'}"
+            f" (tolerance {tolerance_s}s)"
+        )
+    expected = [compute_signature(secret, timestamp, body) for secret in secrets]
+    matched = False
+    for candidate in candidates:
+        for want in expected:
+            # compare every pair (no early exit) so timing does not reveal which secret or candidate matched
+            matched |= hmac.compare_digest(candidate.encode(), want.encode())
+    if not matched:
+        raise SignatureError("signature does not match the body with any active secret")
