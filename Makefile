@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## Set up, start a local Prefect server, run the demo upsells, print the results
 	$(BIN)/upsell demo
 
-test: $(STAMP)  ## Set up and run lint and the whole test suite (starts and stops its own servers)
+test: $(STAMP)  ## Set up, lint, type-check and run the whole test suite (starts and stops its own servers)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)  ## Lint and type-check

@@ -78,24 +78,34 @@ def run_tags(alert: UsageAlert, level: AutomationLevel) -> list[str]:
     return [f"account:{alert.account_id}", f"metric:{alert.metric_type}", f"level:{level.value}", "upsell"]
 
 
+async def deployment_id_for(client: PrefectClient, deployment_name: str = "upsell/upsell") -> UUID:
+    """The id of the named deployment (ObjectNotFound when it is not registered)."""
+    return (await client.read_deployment_by_name(deployment_name)).id
+
+
 async def create_upsell_run(
     client: PrefectClient,
     alert: UsageAlert,
     level: AutomationLevel,
     *,
     deployment_name: str = "upsell/upsell",
+    deployment_id: UUID | None = None,
     reply_timeout_s: float | None = None,
     approval_timeout_s: float | None = None,
 ) -> FlowRun:
-    """Create (or find, for a repeated event id) the deployment run of this alert."""
-    deployment = await client.read_deployment_by_name(deployment_name)
+    """Create (or find, for a repeated event id) the deployment run of this alert.
+
+    A caller that creates many runs passes the `deployment_id` it looked up once (`deployment_id_for`).
+    """
+    if deployment_id is None:
+        deployment_id = await deployment_id_for(client, deployment_name)
     parameters: dict[str, Any] = {"alert": alert.model_dump(mode="json"), "automation_level": level.value}
     if reply_timeout_s is not None:
         parameters["reply_timeout_s"] = reply_timeout_s
     if approval_timeout_s is not None:
         parameters["approval_timeout_s"] = approval_timeout_s
     return await client.create_flow_run_from_deployment(
-        deployment.id,
+        deployment_id,
         parameters=parameters,
         idempotency_key=f"upsell:{alert.event_id}",
         tags=run_tags(alert, level),

@@ -211,7 +211,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     async def _page_refused(request: Request, exc: PageRefused) -> Response:
         return exc.response
 
-    errors = {code: {"model": ErrorAnswer} for code in (400, 401, 413, 415, 422)}
+    errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorAnswer} for code in (400, 401, 413, 415, 422)}
 
     @app.post(
         "/alerts",

@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.exceptions import ObjectNotFound
 
-from deployments.api import create_upsell_run
+from deployments.api import create_upsell_run, deployment_id_for
 from flows.models import UsageAlert, automation_level_for
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus
 from webhook.settings import ReceiverSettings
@@ -80,6 +80,7 @@ class AlertDispatcher:
         self.store = store
         self.client = client
         self.api_down = False
+        self._deployment_id: UUID | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
 
@@ -179,10 +180,17 @@ class AlertDispatcher:
         level = automation_level_for(alert.severity, self.settings.severity_levels)
         try:
             # Prefect's idempotency key (upsell:<event_id>) is the second guard: a replay finds the same run
+            if self._deployment_id is None:  # looked up once, not once per alert
+                self._deployment_id = await self._call(
+                    lambda: deployment_id_for(self.client, self.settings.deployment_name))
+            deployment_id = self._deployment_id
             return await self._call(lambda: create_upsell_run(
-                self.client, alert, level, deployment_name=self.settings.deployment_name))
+                self.client, alert, level, deployment_name=self.settings.deployment_name,
+                deployment_id=deployment_id))
         except ObjectNotFound as exc:
-            # not a bad alert: the deployment is not registered (yet); keep the alert until it is
+            # not a bad alert: the deployment is not registered (yet), or was re-created under a new id;
+            # keep the alert until it is there, and look the id up again
+            self._deployment_id = None
             raise PrefectUnavailable(f"deployment {self.settings.deployment_name} not found") from exc
 
     async def _still_open(self, upsell: dict[str, Any]) -> bool:
