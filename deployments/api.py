@@ -6,6 +6,8 @@ key); `send_customer_reply` and `resume_wait` resume a waiting run with typed in
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -34,6 +36,7 @@ WAIT_INPUTS: dict[str, type[BaseModel]] = {
     "review": OpportunityReview,
     "approve-opportunity": OpportunityReview,
 }
+SCHEMA_WAIT_S = 10.0
 DEFAULT_SEVERITY = {
     AutomationLevel.FULL_AUTOMATION: Severity.CRITICAL,
     AutomationLevel.HYBRID: Severity.HIGH,
@@ -179,10 +182,17 @@ async def resume_wait(client: PrefectClient, flow_run_id: UUID | str, kind: str,
             f"flow run {flow_run_id} is not waiting for {kind!r}"
             + (f" (it waits for {current!r})" if current else " (it is not paused)")
         )
-    response = await client.resume_flow_run(UUID(str(flow_run_id)), run_input=checked)
-    if response.status != SetStateStatus.ACCEPT:
+    deadline = time.monotonic() + SCHEMA_WAIT_S
+    while True:
+        response = await client.resume_flow_run(UUID(str(flow_run_id)), run_input=checked)
+        if response.status == SetStateStatus.ACCEPT:
+            return
         reason = getattr(response.details, "reason", "") or response.status.value
-        raise NotWaitingError(f"flow run {flow_run_id} could not be resumed: {reason}")
+        # Prefect sets the paused state a moment before it saves the input form's schema: an answer that
+        # arrives in between is refused with this reason although the run is waiting. Nothing changed; retry.
+        if "schema not found" not in reason.lower() or time.monotonic() > deadline:
+            raise NotWaitingError(f"flow run {flow_run_id} could not be resumed: {reason}")
+        await asyncio.sleep(0.2)
 
 
 async def send_customer_reply(client: PrefectClient, flow_run_id: UUID | str, reply: CustomerReply | str) -> None:
