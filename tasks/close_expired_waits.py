@@ -20,6 +20,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 
 from flows.models import EXPIRED_WAIT_INPUT
+from tasks.policy import FETCH_TIMEOUT_S, step_options
 from tasks.waits import WaitDeadline, deadline_key
 
 PAGE = 200
@@ -56,7 +57,7 @@ def expired_waits(now: datetime, limit: int = 500) -> list[tuple[Any, str, WaitD
     return found
 
 
-@task(name="close_expired_waits")
+@task(name="close_expired_waits", **step_options(FETCH_TIMEOUT_S))
 def close_expired_waits(now: datetime | None = None, limit: int = 500) -> list[str]:
     """Resume every expired wait with its timeout answer (`no_reply`, or a timed-out approval)."""
     logger = get_run_logger()

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 
 from flows.models import STAGE_ORDER, UpsellStage, UsageAlert
 from tasks.integrations import SERVICES, resolve
+from tasks.policy import FETCH_TIMEOUT_S, step_options
 
 #: Event name emitted when a stage is reached, so Prefect automations can act on it.
 STAGE_EVENTS: dict[UpsellStage, str] = {
@@ -48,7 +49,7 @@ def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="record_stage", persist_result=True)
+@task(name="record_stage", **step_options(FETCH_TIMEOUT_S))
 def record_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
     """Publish the run's stage table as a markdown artifact and emit the stage's Prefect event."""
     stage = UpsellStage(journal[-1]["stage"])
@@ -72,7 +73,7 @@ def record_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
     return f"{stage.value} at {datetime.now(UTC).isoformat()}"
 
 
-@task(name="announce_integrations", persist_result=True)
+@task(name="announce_integrations", **step_options(FETCH_TIMEOUT_S))
 def announce_integrations() -> list[str]:
     """Log, once per run, which integrations are real and which local stand-ins stand in."""
     logger = get_run_logger()
@@ -95,7 +96,7 @@ def announce_integrations() -> list[str]:
     return standins
 
 
-@task(name="collect_timings")
+@task(name="collect_timings", **step_options(FETCH_TIMEOUT_S))
 def collect_timings() -> dict[str, float]:
     """Seconds each step ran in this flow run (summed over retries and resumed segments), from the API."""
     from prefect.client.orchestration import get_client

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from flows.models import WaitKind
+from tasks.policy import FETCH_TIMEOUT_S, step_options
 
 
 class WaitDeadline(BaseModel):
@@ -26,7 +27,7 @@ def deadline_key(kind: str) -> str:
     return f"upsell-deadline-{kind}"
 
 
-@task(name="open_wait", persist_result=True)
+@task(name="open_wait", **step_options(FETCH_TIMEOUT_S))
 def open_wait(kind: WaitKind, timeout_s: float) -> WaitDeadline:
     """Record the wait's deadline on the flow run (once; a resumed run keeps the first deadline)."""
     deadline = WaitDeadline(kind=kind, deadline=datetime.now(UTC) + timedelta(seconds=timeout_s))

@@ -32,7 +32,8 @@ def receiver(runner, prefect_server, tmp_path_factory) -> Iterator[tuple[httpx.C
     tmp = tmp_path_factory.mktemp("links-receiver")
     # the runner's data dir: the unsubscribe endpoint writes to the store the flow reads
     settings = ReceiverSettings(webhook_secrets=SECRET, data_dir=runner.data_dir, receiver_db=tmp / "receiver.db",
-                                prefect_api_url=prefect_server)
+                                prefect_api_url=prefect_server,
+                                prefect_timeout_s=30)  # a loaded CI machine must not turn a slow API into 503
     with ReceiverThread(settings) as server, httpx.Client(base_url=server.url, timeout=60) as http:
         yield http, settings
 
