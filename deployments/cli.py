@@ -167,12 +167,12 @@ Press Ctrl-C to stop everything started here.""")
 @app.command()
 def serve(
     sweep_interval: Annotated[int, typer.Option(help="Seconds between reply-timeout sweeps; 0 disables.")] = 300,
-    limit: Annotated[int | None, typer.Option(help="Max concurrent flow runs.")] = None,
+    limit: Annotated[int, typer.Option(help="Max flow-run processes at once (waiting runs hold none).")] = 8,
 ) -> None:
-    """Serve the upsell and reply-timeouts deployments from this process (needs a Prefect API)."""
+    """Serve the upsell, reply-timeouts and upsell-backfill deployments from this process (needs a Prefect API)."""
     from deployments.serve import main as serve_main
 
-    args = ["--sweep-interval", str(sweep_interval)] + (["--limit", str(limit)] if limit else [])
+    args = ["--sweep-interval", str(sweep_interval), "--limit", str(limit)]
     serve_main(args)
 
 

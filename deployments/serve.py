@@ -15,6 +15,8 @@ from tasks.ratelimits import ensure_rate_limits
 
 SWEEP_INTERVAL_S = 300
 BACKFILL_CRON = "15 2 * * *"  # daily, 02:15 UTC
+#: Flow-run processes at once: waiting runs hold none, so this bounds CPU and memory of the steps that run.
+DEFAULT_LIMIT = 8
 
 
 def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[RunnerDeployment]:
@@ -49,7 +51,10 @@ def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[R
 def main(argv: list[str] | None = None) -> None:
     """Serve the deployments until interrupted."""
     parser = argparse.ArgumentParser(prog="python -m deployments.serve", description=main.__doc__)
-    parser.add_argument("--limit", type=int, default=None, help="Max concurrent flow runs (default: no limit).")
+    parser.add_argument(
+        "--limit", type=int, default=DEFAULT_LIMIT,
+        help=f"Max flow-run processes at once (default {DEFAULT_LIMIT}; each is ~150 MiB; waiting runs hold none).",
+    )
     parser.add_argument(
         "--sweep-interval",
         type=int,
