@@ -110,6 +110,7 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int, want: str) -
 async def raw_rate(api_url: str, deployment: str, n: int, concurrency: int) -> float:
     """Flow runs/s created directly (deployment id read once), with the same parameters as the receiver's."""
     from prefect.client.orchestration import PrefectClient
+    from prefect.exceptions import PrefectHTTPStatusError
 
     from deployments.api import run_tags
     from flows.models import AutomationLevel, UsageAlert
@@ -124,10 +125,19 @@ async def raw_rate(api_url: str, deployment: str, n: int, concurrency: int) -> f
         async def worker() -> None:
             while not queue.empty():
                 alert = queue.get_nowait()
-                await client.create_flow_run_from_deployment(
-                    dep.id, parameters={"alert": alert.model_dump(mode="json"), "automation_level": "HYBRID"},
-                    idempotency_key=f"upsell:{alert.event_id}", tags=run_tags(alert, AutomationLevel.HYBRID),
-                )
+                while True:  # a busy SQLite server answers 503: retry, as the receiver's spool does
+                    try:
+                        await client.create_flow_run_from_deployment(
+                            dep.id,
+                            parameters={"alert": alert.model_dump(mode="json"), "automation_level": "HYBRID"},
+                            idempotency_key=f"upsell:{alert.event_id}",
+                            tags=run_tags(alert, AutomationLevel.HYBRID),
+                        )
+                        break
+                    except PrefectHTTPStatusError as exc:
+                        if exc.response.status_code < 500:
+                            raise
+                        await asyncio.sleep(0.1)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         receiver_env = deploy_env | {
             "UPSELL_WEBHOOK_SECRETS": SECRET, "UPSELL_PORT": str(receiver_port), "UPSELL_DATA_DIR": str(work),
             "UPSELL_PREFECT_API_URL": api_url, "UPSELL_DEPLOYMENT_NAME": "upsell/bench",
-            "UPSELL_PREFECT_TIMEOUT_S": "2", "UPSELL_DISPATCH_INTERVAL_S": "1",
+            "UPSELL_DISPATCH_INTERVAL_S": "1",  # the receiver's default Prefect timeout (5 s), as deployed
         }
         receiver = subprocess.Popen([sys.executable, "-m", "webhook"], cwd=REPO, env=receiver_env,
                                     stdout=(work / "receiver.log").open("ab"), stderr=subprocess.STDOUT)

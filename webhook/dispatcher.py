@@ -93,13 +93,26 @@ class AlertDispatcher:
                 result = await make()
         except Exception as exc:
             if is_unavailable(exc):
-                if not isinstance(exc, httpx.HTTPStatusError):  # a busy API (5xx, 429) is not a down API
+                # a busy API (5xx, 429, or slow but answering its health check) spools this alert only;
+                # an API that does not answer at all sends every new alert straight to the spool
+                busy = isinstance(exc, httpx.HTTPStatusError) or (
+                    isinstance(exc, TimeoutError) and await self._answers_health()
+                )
+                if not busy:
                     if not self.api_down:
                         logger.warning("Prefect API unreachable (%s: %s); spooling alerts", type(exc).__name__, exc)
                     self.api_down = True
                 raise PrefectUnavailable(f"{type(exc).__name__}: {exc}") from exc
             raise
         return result
+
+    async def _answers_health(self) -> bool:
+        """Whether the API answers its health check within a second (slow is not down)."""
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as http:
+                return (await http.get(f"{str(self.client.api_url).rstrip('/')}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     # ---- accepting an alert ----
 
@@ -108,11 +121,17 @@ class AlertDispatcher:
         alert = payload.to_alert()
         qualifies, reason, detail = qualification(payload, self.settings)
         level = automation_level_for(alert.severity, self.settings.severity_levels)
+        spool_now = qualifies and self.api_down  # decide() would spool it first thing: one write instead of three
         inserted = self.store.insert_alert(
             event_id=alert.event_id, account_id=alert.account_id, payload=alert.model_dump_json(),
             automation_level=level.value, qualified=qualifies,
-            status="received" if qualifies else "not_qualified", reason=reason, detail=detail,
+            status="queued" if spool_now else ("received" if qualifies else "not_qualified"),
+            reason=reason, detail=detail, attempts=1 if spool_now else 0,
+            last_error="Prefect API unreachable" if spool_now else None,
         )
+        if inserted and spool_now:
+            return 202, AlertAnswer(event_id=alert.event_id, triggered=False, queued=True,
+                                    automation_level=level.value)
         if not inserted:
             return 200, await self._answer_duplicate(alert.event_id)
         if not qualifies:

@@ -78,15 +78,18 @@ class ReceiverStore:
 
     def insert_alert(
         self, *, event_id: str, account_id: str, payload: str, automation_level: str | None, qualified: bool,
-        status: str, reason: str | None = None, detail: str | None = None,
+        status: str, reason: str | None = None, detail: str | None = None, attempts: int = 0,
+        last_error: str | None = None,
     ) -> bool:
         """Record a new event id; False when the id was seen before (the primary key decides, atomically)."""
         now = _now()
         with self._lock:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO alerts (event_id, account_id, payload, automation_level, qualified, status,"
-                " reason, detail, received_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event_id, account_id, payload, automation_level, int(qualified), status, reason, detail, now, now),
+                " reason, detail, attempts, last_error, received_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, account_id, payload, automation_level, int(qualified), status, reason, detail, attempts,
+                 last_error, now, now),
             )
         return cursor.rowcount == 1
 
