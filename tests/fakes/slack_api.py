@@ -2,6 +2,8 @@
 
 A rate-limited answer is what Slack sends: HTTP 429, a `Retry-After` header and `{"ok": false, "error": "ratelimited"}`.
 `fake.fail_next(status=200, payload="channel_not_found")` queues a Slack API error (HTTP 200, ok false).
+`FakeSlack(rate_limit_per_second=R)` opts in to a vendor-style limit: a `chat.postMessage` that would be the
+(R+1)th accepted post within any 1-second sliding window is answered 429 (counted in `rate_limited_at`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -22,10 +25,13 @@ from tests.fakes.server import serve_in_thread
 class FakeSlack(FakeControl):
     """Control object and app of the fake Slack Web API; `messages` holds every message it accepted."""
 
-    def __init__(self, token: str = "xoxb-fake") -> None:
+    def __init__(self, token: str = "xoxb-fake", rate_limit_per_second: int | None = None) -> None:
         super().__init__()
         self.token = token
         self.messages: list[dict[str, Any]] = []
+        self.rate_limit_per_second = rate_limit_per_second
+        self.accepted_at: deque[float] = deque()  # monotonic arrival times of accepted posts in the last second
+        self.rate_limited_at: list[float] = []  # monotonic arrival times of posts answered 429 by the window
         self.app = self._build_app()
         self.base_url = ""
         self._stop: Callable[[], None] | None = None
@@ -72,6 +78,25 @@ class FakeSlack(FakeControl):
             await asyncio.sleep(fault.seconds)
         return None
 
+    def reset(self) -> None:
+        super().reset()
+        self.accepted_at.clear()
+        self.rate_limited_at.clear()
+
+    def _over_rate(self) -> Response | None:
+        """Slack's own answer when this post would exceed `rate_limit_per_second` in a 1-second sliding window."""
+        if self.rate_limit_per_second is None:
+            return None
+        now = time.monotonic()
+        while self.accepted_at and now - self.accepted_at[0] >= 1.0:
+            self.accepted_at.popleft()
+        if len(self.accepted_at) >= self.rate_limit_per_second:
+            self.rate_limited_at.append(now)
+            # Whole seconds, as Slack sends them: the oldest post in the window leaves it within one second.
+            return JSONResponse({"ok": False, "error": "ratelimited"}, status_code=429, headers={"Retry-After": "1"})
+        self.accepted_at.append(now)
+        return None
+
     def _authorised(self, request: Request) -> bool:
         return request.headers.get("authorization") == f"Bearer {self.token}"
 
@@ -97,6 +122,8 @@ class FakeSlack(FakeControl):
                 return JSONResponse({"ok": False, "error": "invalid_auth"})
             if not body.get("channel"):
                 return JSONResponse({"ok": False, "error": "channel_not_found"})
+            if (limited := self._over_rate()) is not None:
+                return limited
             ts = f"{time.time():.6f}"
             channel_id = "C" + str(abs(hash(body["channel"])) % 10**9).zfill(9)
             self.messages.append({**body, "ts": ts, "channel_id": channel_id})
