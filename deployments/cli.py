@@ -22,6 +22,11 @@ blocks_app = typer.Typer(help="Prefect blocks of the integrations.", no_args_is_
 app.add_typer(blocks_app, name="blocks")
 
 
+def _dev_secret_file(data_dir: Path) -> Path:
+    """Where `upsell up` keeps the development webhook secret when UPSELL_WEBHOOK_SECRETS is not set."""
+    return data_dir / "webhook-secret"
+
+
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
@@ -102,7 +107,7 @@ def up(
         raise _fail(f"port {receiver_port} is in use: is `upsell up` already running? (nothing was started)")
     secret = os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[0].strip()
     if not secret and os.environ.get("UPSELL_WEBHOOK_INSECURE_DEV", "").lower() not in ("1", "true", "yes"):
-        secret_file = settings.data_dir / "webhook-secret"
+        secret_file = _dev_secret_file(settings.data_dir)
         if not secret_file.exists():  # a development secret, kept so links and scripts survive restarts
             secret_file.parent.mkdir(parents=True, exist_ok=True)
             secret_file.write_text(random_secrets.token_urlsafe(32))
@@ -330,7 +335,11 @@ def backfill(
     from pydantic import ValidationError
 
     from tasks.backfill_alerts import scan_usage_alerts, submit_alert
+    from tasks.settings import get_settings
 
+    secret_file = _dev_secret_file(get_settings().data_dir)
+    if not os.environ.get("UPSELL_WEBHOOK_SECRETS") and secret_file.exists():
+        os.environ["UPSELL_WEBHOOK_SECRETS"] = secret_file.read_text().strip()  # the receiver `upsell up` started
     until = (end.replace(tzinfo=end.tzinfo or UTC)) if end else datetime.now(UTC)
     since = until - timedelta(hours=window_hours)
     try:
