@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from uuid import UUID
 
 import httpx
 import pytest
@@ -253,6 +254,9 @@ def test_one_open_upsell_per_account_then_cooldown(client):
     }
     assert runs_with_key(second["event_id"]) == []
     assert get_status(client, second["event_id"]).json()["status"] == "attached"
+    with get_client(sync_client=True) as prefect:  # the alert is recorded on the open run itself
+        recorded = prefect.read_flow_run_input(UUID(run_id), f"upsell-attached-{second['event_id']}")
+    assert json.loads(recorded)["severity"] == "critical"
 
     _end_run(run_id)
     third = alert(account_id=account)

@@ -15,7 +15,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from deployments.api import create_upsell_run, deployment_id_for
 from flows.models import UsageAlert, automation_level_for
@@ -168,6 +168,7 @@ class AlertDispatcher:
                     if not await self._still_open(upsell):
                         continue
                     detail = f"upsell of event {upsell['event_id']} is still open; alert recorded on it"
+                    await self._record_on_run(upsell["flow_run_id"], alert)
                     self.store.update(event_id, status="attached", reason="open_upsell", detail=detail,
                                       flow_run_id=upsell["flow_run_id"], open_event_id=upsell["event_id"])
                     return answer_from_row(self._row(event_id), duplicate=False)
@@ -211,6 +212,14 @@ class AlertDispatcher:
             # keep the alert until it is there, and look the id up again
             self._deployment_id = None
             raise PrefectUnavailable(f"deployment {self.settings.deployment_name} not found") from exc
+
+    async def _record_on_run(self, flow_run_id: str, alert: UsageAlert) -> None:
+        """Keep the attached alert on the open run itself, as a flow run input (`upsell-attached-<event id>`)."""
+        try:
+            await self._call(lambda: self.client.create_flow_run_input(
+                UUID(flow_run_id), key=f"upsell-attached-{alert.event_id}", value=alert.model_dump_json()))
+        except ObjectAlreadyExists:  # a replay of the same alert: already recorded
+            pass
 
     async def _still_open(self, upsell: dict[str, Any]) -> bool:
         """Whether the upsell's run is not final yet; a final one is stamped with its end (cooldown start)."""
