@@ -31,13 +31,6 @@ SECRET = "bench-secret-0123456789abcdef"
 print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while the bench runs
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
@@ -161,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="upsell-bench-"))
+    from deployments.stack import free_port
+
     prefect_port, receiver_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{prefect_port}/api"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "UPSELL_"))}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 from pymongo import MongoClient
+
+from deployments.stack import free_port
 
 NX_PINS = ("nx-27017==0.8.1", "neosqlite==1.17.2")
 #: Reused between runs when it exists and works: building it takes about a minute.
@@ -48,18 +49,13 @@ def nx_venv() -> Path:
         return venv  # another run moved its venv in first; use ours from where it is
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class NxServer:
     """One nx-27017 process (in-memory SQLite); stopped by its PID."""
 
     def __init__(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="upsell-nx-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"mongodb://127.0.0.1:{self.port}"
         self.pid_file = self.workdir / "nx.pid"
         self.log_file = self.workdir / "nx.log"

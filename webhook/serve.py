@@ -4,12 +4,12 @@ and `ReceiverThread`, the same server in a background thread for tests and the b
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 
 import uvicorn
 
+from deployments.stack import free_port
 from webhook.app import create_app
 from webhook.settings import ReceiverSettings
 
@@ -31,11 +31,6 @@ def serve_receiver(settings: ReceiverSettings | None = None) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.Server(_config(settings)).run()
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class ReceiverThread:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
 
 import uvicorn
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from deployments.stack import free_port
 
 
 def serve_in_thread(app, *, startup_timeout_s: float = 10.0) -> tuple[str, Callable[[], None]]:
     """Start `app` on 127.0.0.1:<free port>; return its base URL (no trailing slash) and a stop function."""
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
