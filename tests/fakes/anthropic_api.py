@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from tests.fakes.control import FakeControl
-from tests.fakes.server import serve_in_thread
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -50,20 +48,10 @@ class FakeAnthropic(FakeControl):
         self.plan: dict[str, Any] = dict(DEFAULT_PLAN)
         self.api_key = "sk-ant-fake"  # the SDK sends it as x-api-key or as a bearer token, depending on version
         self.app = self._build_app()
-        self.base_url = ""
-        self._stop: Callable[[], None] | None = None
 
     def invalid_plan_next(self, plan: dict[str, Any] | None = None, times: int = 1) -> None:
         """Answer a tool_use whose input is `plan` (default: a plan that is not in any catalogue)."""
         self.custom_next({**DEFAULT_PLAN, "recommended_plan": "Platinum Galaxy"} if plan is None else plan, times)
-
-    def start(self) -> FakeAnthropic:
-        self.base_url, self._stop = serve_in_thread(self.app)
-        return self
-
-    def stop(self) -> None:
-        if self._stop:
-            self._stop()
 
     def _build_app(self) -> FastAPI:
         app = FastAPI()

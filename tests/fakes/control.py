@@ -10,8 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
+
+from tests.fakes.server import serve_in_thread
 
 FaultKind = Literal["status", "rate_limit", "slow", "malformed", "custom"]
 
@@ -42,10 +45,25 @@ class Received:
 class FakeControl:
     """Thread-safe record of requests and queue of faults, shared by the test and the fake's routes."""
 
+    #: The fake's ASGI app; each fake builds it in its own __init__.
+    app: Any
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faults: deque[Fault] = deque()
         self.received: list[Received] = []
+        self.base_url = ""
+        self._stop: Callable[[], None] | None = None
+
+    # ---- its server ----
+    def start(self) -> Self:
+        """Serve the fake under uvicorn in a thread on a free port; `base_url` says where."""
+        self.base_url, self._stop = serve_in_thread(self.app)
+        return self
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop()
 
     # ---- told by the test ----
     def fail_next(self, status: int = 500, times: int = 1, payload: Any = None) -> None:

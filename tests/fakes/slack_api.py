@@ -12,14 +12,12 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from tests.fakes.control import FakeControl
-from tests.fakes.server import serve_in_thread
 
 
 class FakeSlack(FakeControl):
@@ -33,21 +31,11 @@ class FakeSlack(FakeControl):
         self.accepted_at: deque[float] = deque()  # monotonic arrival times of accepted posts in the last second
         self.rate_limited_at: list[float] = []  # monotonic arrival times of posts answered 429 by the window
         self.app = self._build_app()
-        self.base_url = ""
-        self._stop: Callable[[], None] | None = None
 
     @property
     def api_url(self) -> str:
         """What slack-sdk expects as `base_url` (with the trailing slash)."""
         return f"{self.base_url}/api/"
-
-    def start(self) -> FakeSlack:
-        self.base_url, self._stop = serve_in_thread(self.app)
-        return self
-
-    def stop(self) -> None:
-        if self._stop:
-            self._stop()
 
     async def _body(self, request: Request) -> dict[str, Any]:
         if request.headers.get("content-type", "").startswith("application/json"):

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from tests.fakes.control import FakeControl
-from tests.fakes.server import serve_in_thread
 
 
 class FakeZoom(FakeControl):
@@ -33,8 +31,6 @@ class FakeZoom(FakeControl):
         self.valid_tokens: set[str] = set()
         self.meetings: list[dict[str, Any]] = []
         self.app = self._build_app()
-        self.base_url = ""
-        self._stop: Callable[[], None] | None = None
 
     @property
     def api_base_url(self) -> str:
@@ -45,14 +41,6 @@ class FakeZoom(FakeControl):
 
     def token_requests(self) -> int:
         return len(self.requests_to("/oauth/token"))
-
-    def start(self) -> FakeZoom:
-        self.base_url, self._stop = serve_in_thread(self.app)
-        return self
-
-    def stop(self) -> None:
-        if self._stop:
-            self._stop()
 
     async def _fault_answer(self) -> Response | None:
         fault = self.take_fault()
