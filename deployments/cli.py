@@ -59,8 +59,11 @@ def demo(
         if not external_workers:
             start_runner(stack, api_url, sweep_interval_s=0, poll_s=1)
         wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
-        log("Deployments " + ("run by the upsell-pool workers" if external_workers else "served")
-            + ": upsell/upsell, reply-timeouts/reply-timeouts")
+        log(
+            "Deployments "
+            + ("run by the upsell-pool workers" if external_workers else "served")
+            + ": upsell/upsell, reply-timeouts/reply-timeouts"
+        )
         with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process talks to the same API
             rows = asyncio.run(run_demo(api_url, timeout_s=timeout, log=log))
     except (RuntimeError, TimeoutError) as exc:
@@ -138,12 +141,20 @@ def up(
         else:
             raise TimeoutError("the receiver did not answer /healthz")
         ui_url = api_url.rstrip("/").removesuffix("/api")
-        body = json.dumps({"event_id": f"curl-{int(time.time())}", "account_id": "12345",
-                           "metric_type": "trade_volume", "current_value": 150, "threshold": 100,
-                           "severity": "high"}, separators=(",", ":"))
+        body = json.dumps(
+            {
+                "event_id": f"curl-{int(time.time())}",
+                "account_id": "12345",
+                "metric_type": "trade_volume",
+                "current_value": 150,
+                "threshold": 100,
+                "severity": "high",
+            },
+            separators=(",", ":"),
+        )
         signature = f"-H 'X-Upsell-Signature: {sign(body.encode(), secret)}' " if secret else ""
         typer.echo(f"""
-Prefect UI      {ui_url}{' (started here)' if own_server else ''}
+Prefect UI      {ui_url}{" (started here)" if own_server else ""}
 Prefect API     {api_url}
 Receiver        {receiver}   (API docs: {receiver}/docs, health: {receiver}/healthz)
 Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-backfill (daily)
@@ -172,12 +183,19 @@ Press Ctrl-C to stop everything started here.""")
 @app.command()
 def serve(
     sweep_interval: Annotated[int, typer.Option(help="Seconds between reply-timeout sweeps; 0 disables.")] = 300,
-    limit: Annotated[int, typer.Option(help="Max flow-run processes at once (waiting runs hold none).")] = 8,
+    limit: Annotated[
+        int | None, typer.Option(help="Max flow runs executing steps at once (64 threads, 8 processes).")
+    ] = None,
+    processes: Annotated[
+        bool, typer.Option("--processes", help="One Python process per flow run (Prefect's default) not threads.")
+    ] = False,
 ) -> None:
     """Serve the upsell, reply-timeouts and upsell-backfill deployments from this process (needs a Prefect API)."""
     from deployments.serve import main as serve_main
 
-    args = ["--sweep-interval", str(sweep_interval), "--limit", str(limit)]
+    args = ["--sweep-interval", str(sweep_interval)]
+    args += ["--limit", str(limit)] if limit else []
+    args += ["--processes"] if processes else []
     serve_main(args)
 
 
@@ -357,8 +375,11 @@ def backfill(
         f"Window {since:%Y-%m-%d %H:%M}..{until:%Y-%m-%d %H:%M} UTC{' (dry run)' if dry_run else ''}: "
         f"scanned {len(alerts)}, qualifying {len(alerts) - verdicts.get('not_qualifying', 0)}, "
         f"already handled {verdicts.get('already_handled', 0)}, "
-        + (f"would trigger {verdicts.get('would_trigger', 0)}" if dry_run else
-           f"triggered {verdicts.get('triggered', 0)}, queued {verdicts.get('queued', 0)}")
+        + (
+            f"would trigger {verdicts.get('would_trigger', 0)}"
+            if dry_run
+            else f"triggered {verdicts.get('triggered', 0)}, queued {verdicts.get('queued', 0)}"
+        )
     )
 
 

@@ -35,10 +35,10 @@ from tasks.fetch_usage import fetch_usage
 from tasks.links import LinkToken, link_for
 from tasks.log_opportunity import log_opportunity
 from tasks.post_slack_summary import post_slack_summary
-from tasks.progress import announce_integrations, collect_timings, record_stage
+from tasks.progress import announce_integrations, collect_timings, publish_stage
 from tasks.send_email_draft import draft_email, send_email_draft
 from tasks.settings import UpsellSettings, get_settings
-from tasks.waits import open_wait
+from tasks.waits import open_wait, opened_waits
 
 R = TypeVar("R", bound=RunInput)
 
@@ -48,7 +48,34 @@ def upsell_run_name() -> str:
     return UsageAlert.model_validate(flow_run.parameters["alert"]).run_name
 
 
+class Journal:
+    """The stages reached so far; each new stage republishes the run's artifact and emits its event, once.
+
+    A resumed run replays the flow from the top (tasks answer from their cache) up to the wait it was
+    resumed from. Stages reached before the last wait opened in an earlier segment were published then, so
+    until that wait is passed they are only collected again, not published.
+    """
+
+    def __init__(self, alert: UsageAlert, replay_waits: set[str]) -> None:
+        self.alert = alert
+        self.entries: list[dict[str, Any]] = []
+        self.replay_waits = set(replay_waits)
+
+    @property
+    def replaying(self) -> bool:
+        return bool(self.replay_waits)
+
+    def reach(self, stage: UpsellStage, **details: Any) -> None:
+        self.entries.append({"stage": stage.value, "details": {k: v for k, v in details.items() if v is not None}})
+        if not self.replaying:
+            publish_stage(self.alert, list(self.entries))
+
+    def passed(self, wait: WaitKind) -> None:
+        self.replay_waits.discard(wait)
+
+
 def wait_for(
+    journal: Journal,
     kind: WaitKind,
     input_type: type[R],
     timeout_s: float,
@@ -61,29 +88,19 @@ def wait_for(
     Prefect's own timeout is the deadline plus a grace period: the `reply-timeouts` sweep closes expired
     waits first, so that an unanswered wait ends the run Completed rather than Failed.
     """
-    open_wait(kind, timeout_s)
+    if kind not in journal.replay_waits:  # a wait opened in an earlier segment keeps its first deadline
+        open_wait(kind, timeout_s)
     form = input_type.with_initial_data(description=description, **initial)
     safety_timeout = int(timeout_s + settings.wait_grace_s)
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None:
-        return suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=kind)
-    return pause_flow_run(wait_for_input=form, timeout=safety_timeout, poll_interval=settings.pause_poll_s, key=kind)
-
-
-class Journal:
-    """The stages reached so far; each new stage republishes the run's artifact and emits its event.
-
-    Entries derive only from task results and inputs, so a resumed run rebuilds the same journal and the
-    cached `record_stage` calls do not publish twice.
-    """
-
-    def __init__(self, alert: UsageAlert) -> None:
-        self.alert = alert
-        self.entries: list[dict[str, Any]] = []
-
-    def reach(self, stage: UpsellStage, **details: Any) -> None:
-        self.entries.append({"stage": stage.value, "details": {k: v for k, v in details.items() if v is not None}})
-        record_stage(self.alert, list(self.entries))
+        answer = suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=kind)
+    else:
+        answer = pause_flow_run(
+            wait_for_input=form, timeout=safety_timeout, poll_interval=settings.pause_poll_s, key=kind
+        )
+    journal.passed(kind)
+    return answer
 
 
 def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], event_id: str) -> str:
@@ -111,9 +128,9 @@ def upsell(
     level = automation_level or automation_level_for(alert.severity, settings.severity_levels)
     reply_timeout = reply_timeout_s or settings.reply_timeout_s
     approval_timeout = approval_timeout_s or settings.approval_timeout_s
-    journal = Journal(alert)
+    journal = Journal(alert, replay_waits=opened_waits())
 
-    standins = announce_integrations()
+    standins = announce_integrations(log=not journal.replaying)
     journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
 
     usage = fetch_usage(alert)
@@ -181,6 +198,7 @@ def upsell(
     draft = draft_email(alert, usage, contract, plan)
     if level is AutomationLevel.HUMAN_INTERVENTION:
         approval = wait_for(
+            journal,
             "approve-email",
             EmailApproval,
             approval_timeout,
@@ -251,6 +269,7 @@ def upsell(
 
     journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=reply_timeout)
     reply = wait_for(
+        journal,
         "reply",
         CustomerReplyInput,
         reply_timeout,
@@ -262,6 +281,7 @@ def upsell(
     estimated_value, note = plan.estimated_value, ""
     if level is AutomationLevel.HYBRID:
         review = wait_for(
+            journal,
             "review",
             OpportunityReview,
             approval_timeout,
@@ -285,6 +305,7 @@ def upsell(
     if reply is CustomerReply.YES:
         if level is AutomationLevel.HUMAN_INTERVENTION:
             decision = wait_for(
+                journal,
                 "approve-meeting",
                 MeetingApproval,
                 approval_timeout,
@@ -308,6 +329,7 @@ def upsell(
 
     if level is AutomationLevel.HUMAN_INTERVENTION:
         review = wait_for(
+            journal,
             "approve-opportunity",
             OpportunityReview,
             approval_timeout,

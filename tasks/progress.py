@@ -1,18 +1,21 @@
-"""Makes each run's progress visible in the Prefect UI: a markdown artifact per upsell and Prefect events."""
+"""Makes each run's progress visible in the Prefect UI: a markdown artifact per upsell and Prefect events.
+
+These are bookkeeping helpers the flow calls directly, not tasks: a task run costs the API a row, its states
+and their events, and an upsell replays everything before a wait each time it resumes. The flow publishes each
+stage once (see `flows.upsell.Journal`).
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from flows.models import STAGE_ORDER, UpsellStage, UsageAlert
 from tasks.integrations import SERVICES, resolve
-from tasks.policy import FETCH_TIMEOUT_S, step_options
 
 #: Event name emitted when a stage is reached, so Prefect automations can act on it.
 STAGE_EVENTS: dict[UpsellStage, str] = {
@@ -49,8 +52,7 @@ def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@task(name="record_stage", **step_options(FETCH_TIMEOUT_S))
-def record_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
+def publish_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
     """Publish the run's stage table as a markdown artifact and emit the stage's Prefect event."""
     stage = UpsellStage(journal[-1]["stage"])
     details = journal[-1].get("details", {})
@@ -70,25 +72,24 @@ def record_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
         payload={"stage": stage.value, "flow_run_id": str(flow_run.get_id()), **details},
     )
     get_run_logger().info("Stage: %s %s", stage.value, details or "")
-    return f"{stage.value} at {datetime.now(UTC).isoformat()}"
 
 
-@task(name="announce_integrations", **step_options(FETCH_TIMEOUT_S))
-def announce_integrations() -> list[str]:
-    """Log, once per run, which integrations are real and which local stand-ins stand in."""
+def announce_integrations(log: bool = True) -> list[str]:
+    """The services a local stand-in stands in for; with `log`, say which integrations are real and which not."""
     logger = get_run_logger()
     standins = []
     for service in SERVICES:
         chosen = resolve(service)
         if chosen.standin:
             standins.append(service)
+        if log and chosen.standin:
             logger.info(
                 "Stand-in for %s: %s (save block %s to use the real service)",
                 service,
                 chosen.description,
                 SERVICES[service].document,
             )
-        else:
+        elif log:
             logger.info("Integration %s: %s", service, chosen.description)
         close = getattr(chosen.client, "close", None)
         if callable(close):
@@ -96,7 +97,6 @@ def announce_integrations() -> list[str]:
     return standins
 
 
-@task(name="collect_timings", **step_options(FETCH_TIMEOUT_S))
 def collect_timings() -> dict[str, float]:
     """Seconds each step ran in this flow run (summed over retries and resumed segments), from the API."""
     from prefect.client.orchestration import get_client
@@ -108,7 +108,5 @@ def collect_timings() -> dict[str, float]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), limit=200)
     for run in runs:
         name = run.name.rsplit("-", 1)[0]
-        if name in ("record_stage", "announce_integrations", "collect_timings", "open_wait"):
-            continue
         timings[name] = round(timings.get(name, 0.0) + run.total_run_time.total_seconds(), 3)
     return timings

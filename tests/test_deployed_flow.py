@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from uuid import UUID
+
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.sorting import ArtifactSort
 
 from deployments.api import resume_wait, send_customer_reply, trigger_upsell_workflow
 from flows.models import AutomationLevel, UpsellOutcome
@@ -25,6 +29,16 @@ async def _reply(run_id: str, reply: str) -> None:
         await send_customer_reply(client, run_id, reply)
 
 
+async def _stages_published(run_id: str) -> list[str]:
+    """The stage of each version of the run's markdown artifact, oldest first (one version per publication)."""
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)])),
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    return [a.description.rsplit(": ", 1)[-1] for a in reversed(artifacts) if a.description]
+
+
 async def _resume(run_id: str, kind: str, value: dict) -> None:
     async with get_client() as client:
         await resume_wait(client, run_id, kind, value)
@@ -42,3 +56,9 @@ def test_hybrid_deployment_run_suspends_and_resumes(runner, event_id):
     outcome = UpsellOutcome.model_validate(final.state.result())
     assert outcome.reply == "yes" and outcome.meeting is not None
     assert len(list((runner.data_dir / "outbox").glob(f"{event_id}*.eml"))) == 1
+    # Three segments (start, after the reply, after the review) replay the steps before their wait; each stage
+    # is still published (artifact version + Prefect event) exactly once, in order.
+    assert asyncio.run(_stages_published(run_id)) == [
+        "Started", "Fetching Data", "AI Analysis", "Email Sent", "Slack Posted",
+        "Waiting Reply", "Waiting Reply", "Meeting Scheduled", "Completed",
+    ]

@@ -115,7 +115,8 @@ def test_without_the_limit_the_same_vendor_answers_429(slack_api, prefect):
         max_per_window(posts),
         len(slack_api.rate_limited_at),
     )
-    assert len(slack_api.rate_limited_at) >= CONTROL_POSTS - VENDOR_RATE
+    # How many land in the same second depends on thread scheduling; any 429 shows the burst outruns the vendor.
+    assert slack_api.rate_limited_at, "no post was answered 429: the control cannot tell the limit from luck"
     # Retry-After is honoured: every post still gets through, once.
     assert len(delivered) == len(slack_api.messages) == CONTROL_POSTS
 
