@@ -86,6 +86,20 @@ def descendants(root: int) -> tuple[list[int], int]:
     return alive, zombies
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of a process, its live descendants and the children it has reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in [root, *descendants(root)[0]]:
+        try:
+            text = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+    return total
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of one process in MiB (0 when it is gone)."""
     try:
@@ -451,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800, help="Max seconds per phase (default 1800).")
     parser.add_argument("--settle", type=float, default=120,
                         help="Max seconds to let flow processes exit after the last run suspended (default 120).")
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                        help="The Prefect server's database: sqlite (default, as `upsell up`) or a throwaway "
+                        "PostgreSQL cluster (Prefect's recommendation beyond light use; needs initdb).")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary folder (database, logs).")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -470,8 +487,13 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        pg_url = None
+        if args.database == "postgres":
+            from bench.postgres import start_postgres
+
+            pg_url = os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = start_postgres(stack, work)
         port = free_port()
-        log(f"Prefect server on port {port}, PREFECT_HOME {home}")
+        log(f"Prefect server on port {port} ({args.database}), PREFECT_HOME {home}")
         api_url, _ = ensure_prefect_server(stack, port)
         os.environ["PREFECT_API_URL"] = api_url  # before prefect is imported by this process
         runner = serve_deployments(stack, api_url, args.poll, args.runner_limit)
@@ -497,8 +519,17 @@ def main(argv: list[str] | None = None) -> int:
 
         time.sleep(3)  # let the baseline's flow process exit before the "before" figures
         before_children, _ = descendants(runner.pid)
-        before_rss, before_db = rss_mb(runner.pid), db_bytes(home)
-        before_live, before_rows = db_contents(home)
+        def measure_db() -> tuple[int, int, dict[str, int]]:
+            """(bytes on disk, bytes in use, rows per table) of the server's database."""
+            if pg_url is not None:
+                from bench.postgres import database_contents
+
+                size, rows = database_contents(pg_url)
+                return size, size, rows
+            return (db_bytes(home), *db_contents(home))
+
+        before_rss = rss_mb(runner.pid)
+        before_db, before_live, before_rows = measure_db()
         sampler.reset()
         waiting_figures: dict[str, Any] = {}
 
@@ -515,8 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             waiting_figures["zombies"] = zombies
             waiting_figures["settled_s"] = args.settle - max(0.0, settle_deadline - time.monotonic())
             waiting_figures["runner_rss"] = rss_mb(runner.pid)
-            waiting_figures["db"] = db_bytes(home)
-            waiting_figures["live"], waiting_figures["rows"] = db_contents(home)
+            waiting_figures["db"], waiting_figures["live"], waiting_figures["rows"] = measure_db()
             waiting_figures["peak_children"] = sampler.peak_children
             waiting_figures["peak_children_rss"] = sampler.peak_children_rss_mb
             waiting_figures["peak_runner_rss"] = sampler.peak_runner_rss_mb
@@ -594,13 +624,17 @@ def main(argv: list[str] | None = None) -> int:
         widths = [max(len(str(r[c])) for r in [headers, *rows]) for c in range(5)]
         line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
         log("")
-        log(f"Waiting benchmark: N={n}, PREFECT_RUNNER_POLL_FREQUENCY={args.poll}s, runner limit: {limit_text}, "
+        log(f"Waiting benchmark: N={n}, Prefect server on {args.database}, "
+            f"PREFECT_RUNNER_POLL_FREQUENCY={args.poll}s, runner limit: {limit_text}, "
             f"{os.cpu_count()} CPUs, receiver cooldown_s=0, severity critical "
             "(FULL_AUTOMATION)")
         log(line(headers))
         log(line(["-" * w for w in widths]))
         for row in rows:
             log(line(row))
+        log("CPU seconds used by each process over the whole run: " + ", ".join(
+            f"{name} {cpu_seconds(process.pid):.0f}" for name, process in stack.processes)
+            + f", this process (receiver, clients) {sum(os.times()[:2]):.0f}")
         log("rows added per waiting run: " + ", ".join(f"{t} {c / n:.1f}" for c, t in top_rows))
         log(f"host load average at the end: {os.getloadavg()[0]:.1f} (other processes on the machine count too)")
         problems = [(i.event_id, p) for i in [*base_items, *items] for p in i.problems]

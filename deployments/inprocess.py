@@ -36,6 +36,44 @@ from prefect.runner._process_manager import ProcessHandle, ProcessTerminationSco
 logger = get_logger("upsell.inprocess")
 
 
+class _SharedVerifiedContexts:
+    """Stands in for the `ssl` module inside `prefect.client.orchestration` only.
+
+    Prefect builds a new `SSLContext` for every API client, parsing the whole CA bundle again (about 30 ms
+    of CPU), even for an `http://` API; a flow run creates several clients (the engine's, the suspension
+    observer's, block loads). In a process that runs many flow runs that was a third of the runner's CPU.
+    Verified contexts (`create_default_context(cafile=...)`) are shared per CA file: Prefect never modifies
+    them after creation. The unverified one (PREFECT_API_TLS_INSECURE_SKIP_VERIFY) is modified after
+    creation, so it is still built each time. Upstream: PrefectHQ/prefect#19106 (custom SSL contexts).
+    """
+
+    def __init__(self, module: Any) -> None:
+        self._ssl = module
+        self._verified: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ssl, name)
+
+    def create_default_context(self, *args: Any, cafile: str | None = None, **kwargs: Any) -> Any:
+        if args or kwargs or not cafile:
+            return self._ssl.create_default_context(*args, cafile=cafile, **kwargs)
+        with self._lock:
+            if cafile not in self._verified:
+                self._verified[cafile] = self._ssl.create_default_context(cafile=cafile)
+            return self._verified[cafile]
+
+
+def share_prefect_ssl_contexts() -> None:
+    """Make this process's Prefect API clients share one verified SSL context (see `_SharedVerifiedContexts`)."""
+    import ssl
+
+    import prefect.client.orchestration as orchestration
+
+    if orchestration.ssl is ssl:
+        orchestration.ssl = _SharedVerifiedContexts(ssl)  # type: ignore[assignment]
+
+
 @dataclass
 class FlowRunThread:
     """What Prefect's process bookkeeping needs from a "process": a pid, an exit code, a way to stop it."""
@@ -122,6 +160,7 @@ class InProcessRunner(Runner):
         return deployment_id
 
     async def __aenter__(self) -> InProcessRunner:
+        share_prefect_ssl_contexts()
         await super().__aenter__()
         limiter = anyio.CapacityLimiter(self.limit or 1000)
         poller = self._scheduled_run_poller

@@ -7,11 +7,14 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import importlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prefect.blocks.core import Block
+from prefect.context import FlowRunContext
 
 from tasks.local_records import LocalMeetingRecorder, LocalSlackRecorder
 from tasks.outbox import OutboxEmailSender
@@ -109,16 +112,38 @@ def _block_class(spec: ServiceSpec) -> type[Block] | None:
     return getattr(module, class_name)
 
 
+#: Blocks looked up by the current segment of a flow run: (flow run id, its Running state's id, service) ->
+#: block or None. A segment resolves each service several times (the announcement, then its step); one lookup
+#: per segment spares the API. A resumed run is a new segment (new Running state): it sees blocks saved while
+#: it waited.
+_RUN_LOOKUPS: OrderedDict[tuple[str, str, str], Block | None] = OrderedDict()
+_RUN_LOOKUPS_MAX = 4096
+_RUN_LOOKUPS_LOCK = threading.Lock()
+
+
 def load_block(service: str) -> Block | None:
-    """The saved block document of a service, or None when none is saved."""
+    """The saved block document of a service, or None when none is saved (looked up once per flow run)."""
     spec = SERVICES[service]
     cls = _block_class(spec)
     if cls is None:
         return None
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    key = (str(run.id), str(run.state.id), service) if run is not None and run.state is not None else None
+    if key is not None:
+        with _RUN_LOOKUPS_LOCK:
+            if key in _RUN_LOOKUPS:
+                return _RUN_LOOKUPS[key]
     try:
-        return cls.load(spec.document)  # type: ignore[return-value]
+        block: Block | None = cls.load(spec.document)  # type: ignore[assignment]  # sync call: never a coroutine
     except ValueError:  # no such document (or block type not registered): the stand-in applies
-        return None
+        block = None
+    if key is not None:
+        with _RUN_LOOKUPS_LOCK:
+            _RUN_LOOKUPS[key] = block
+            while len(_RUN_LOOKUPS) > _RUN_LOOKUPS_MAX:
+                _RUN_LOOKUPS.popitem(last=False)
+    return block
 
 
 def resolve(service: str, settings: UpsellSettings | None = None) -> Resolved:

@@ -68,3 +68,17 @@ def test_prefect_deploy_all_registers_the_deployments(prefect_server, tmp_path):
             assert deployment.work_pool_name == "upsell-pool"
             assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
         assert client.read_deployment_by_name("upsell/upsell-deploytest").enforce_parameter_schema
+
+
+def test_served_runs_share_one_verified_ssl_context_per_ca_file():
+    """The in-process runner's shim: Prefect API clients built after it share the verified SSL context."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.inprocess import share_prefect_ssl_contexts
+
+    share_prefect_ssl_contexts()
+    first, second = get_client(sync_client=True), get_client(sync_client=True)
+    first_ctx = first._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    second_ctx = second._client._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert first_ctx is second_ctx
+    assert first_ctx.verify_mode.name == "CERT_REQUIRED"  # still verified: nothing was loosened
