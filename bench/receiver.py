@@ -2,11 +2,14 @@
 
 1. Raw Prefect: flow runs/s created with `create_flow_run_from_deployment` straight against the server.
 2. Receiver: signed alerts/s that end as created flow runs (POST /alerts -> 202 triggered), same server, same
-   concurrency; printed with the ratio to (1) (target >= 0.8).
+   concurrency; printed with the ratio to (1) (target >= 0.8). The two alternate over `--rounds` rounds (raw
+   first in odd rounds, receiver first in even ones), so the server's drift as its database grows falls on
+   both alike; each rate is total runs over total seconds.
 3. Spool: alerts/s accepted into the spool (202 queued) with the Prefect API stopped (target >= 1,000/s).
 
 It starts its own Prefect server and receiver as subprocesses (own PREFECT_HOME and database) and stops them
-by PID. Example: `.venv/bin/python bench/receiver.py --runs 300 --spool 3000 --concurrency 16`
+by PID. Example: `.venv/bin/python bench/receiver.py --runs 300 --spool 3000 --concurrency 8`
+(`--database postgres`: the Prefect server on a throwaway PostgreSQL cluster instead of SQLite.)
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ async def post_all(url: str, bodies: list[bytes], concurrency: int, want: str) -
 
 
 async def raw_rate(api_url: str, deployment: str, n: int, concurrency: int) -> float:
-    """Flow runs/s created directly (deployment id read once), with the same parameters as the receiver's."""
+    """Seconds to create `n` flow runs directly (deployment id read once), with the receiver's parameters."""
     from prefect.client.orchestration import PrefectClient
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -134,7 +137,7 @@ async def raw_rate(api_url: str, deployment: str, n: int, concurrency: int) -> f
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return n / (time.perf_counter() - started)
+        return time.perf_counter() - started
 
 
 async def count_runs(api_url: str, deployment: str) -> int:
@@ -151,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=300, help="Flow runs created per phase (raw and receiver).")
     parser.add_argument("--spool", type=int, default=3000, help="Alerts posted with the Prefect API down.")
     parser.add_argument("--concurrency", type=int, default=8, help="Concurrent requests.")
+    parser.add_argument("--rounds", type=int, default=3, help="Alternating raw/receiver rounds (default 3).")
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
+                        help="The Prefect server's database (default sqlite, as `upsell up`).")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="upsell-bench-"))
@@ -165,8 +171,15 @@ def main(argv: list[str] | None = None) -> None:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{work / 'prefect.db'}",
     }
     (work / "prefect").mkdir()
+    from deployments.stack import Stack
+
+    stack = Stack(log_dir=work / "logs")  # PostgreSQL, when asked for
     server = receiver = None
     try:
+        if args.database == "postgres":
+            from bench.postgres import start_postgres
+
+            prefect_env["PREFECT_API_DATABASE_CONNECTION_URL"] = start_postgres(stack, work)
         print(f"starting Prefect server on {api_url} (home {work})")
         server = start_prefect(work, prefect_port, prefect_env)
         deploy_env = base_env | {"PREFECT_API_URL": api_url, "PREFECT_HOME": str(work / "prefect"),
@@ -188,22 +201,42 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(raw_rate(api_url, "upsell/bench", 20, 4))  # warm up both paths
         asyncio.run(post_all(url, alert_bodies(20, "warm"), 4, "triggered"))
 
-        raw = asyncio.run(raw_rate(api_url, "upsell/bench", args.runs, args.concurrency))
-        before = asyncio.run(count_runs(api_url, "upsell/bench"))
-        started = time.perf_counter()
-        _, triggered = asyncio.run(post_all(url, alert_bodies(args.runs, "rcv"), args.concurrency, "triggered"))
-        # an alert the busy API answered 503 is spooled and replayed: it counts once its run exists
-        while httpx.get(f"{url}/healthz").json()["spool_depth"] and time.perf_counter() - started < 600:
-            time.sleep(0.05)
-        seconds = time.perf_counter() - started
+        per_round = max(1, args.runs // args.rounds)
+        raw_s = receiver_s = 0.0
+        raw_n = receiver_n = spooled = 0
+        for round_no in range(1, args.rounds + 1):
+            order = ["raw", "receiver"] if round_no % 2 else ["receiver", "raw"]
+            figures = {}
+            for path in order:
+                time.sleep(2)  # let the server's event services catch up with the previous phase
+                if path == "raw":
+                    seconds = asyncio.run(raw_rate(api_url, "upsell/bench", per_round, args.concurrency))
+                    raw_s, raw_n = raw_s + seconds, raw_n + per_round
+                    figures[path] = per_round / seconds
+                    continue
+                before = asyncio.run(count_runs(api_url, "upsell/bench"))
+                started = time.perf_counter()
+                _, triggered = asyncio.run(
+                    post_all(url, alert_bodies(per_round, f"rcv{round_no}"), args.concurrency, "triggered"))
+                # an alert the busy API did not answer in time is spooled and replayed: it counts once its run exists
+                while httpx.get(f"{url}/healthz").json()["spool_depth"] and time.perf_counter() - started < 600:
+                    time.sleep(0.05)
+                seconds = time.perf_counter() - started
+                created = asyncio.run(count_runs(api_url, "upsell/bench")) - before
+                receiver_s, receiver_n = receiver_s + seconds, receiver_n + created
+                spooled += per_round - triggered
+                figures[path] = created / seconds
+            print(f"round {round_no} ({' then '.join(order)}): raw {figures['raw']:.1f} runs/s, receiver "
+                  f"{figures['receiver']:.1f} alerts/s, ratio {figures['receiver'] / figures['raw']:.2f}")
+        raw, via_receiver = raw_n / raw_s, receiver_n / receiver_s
         total = asyncio.run(count_runs(api_url, "upsell/bench"))
-        via_receiver = (total - before) / seconds
-        print(f"raw Prefect create-flow-run rate : {raw:8.1f} runs/s   ({args.runs} runs, concurrency "
-              f"{args.concurrency})")
-        print(f"receiver, signed alerts -> runs  : {via_receiver:8.1f} alerts/s ({total - before} runs; "
-              f"{triggered} triggered at once, {args.runs - triggered} via the spool)")
+        print(f"Prefect server database          : {args.database}")
+        print(f"raw Prefect create-flow-run rate : {raw:8.1f} runs/s   ({raw_n} runs, concurrency "
+              f"{args.concurrency}, {args.rounds} rounds)")
+        print(f"receiver, signed alerts -> runs  : {via_receiver:8.1f} alerts/s ({receiver_n} runs; "
+              f"{receiver_n - spooled} triggered at once, {spooled} via the spool)")
         print(f"ratio receiver / raw             : {via_receiver / raw:8.2f}   (target >= 0.8)")
-        print(f"flow runs on the server          : {total} (expected {2 * args.runs + 40})")
+        print(f"flow runs on the server          : {total} (expected {raw_n + receiver_n + 40})")
 
         stop(server)
         server = None
@@ -222,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop(receiver)
         stop(server)
+        stack.stop()
 
 
 if __name__ == "__main__":
