@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass, field
+from signal import SIGTERM
 from typing import Any
 from uuid import UUID
 
@@ -88,6 +89,13 @@ class FlowRunThread:
         return self.thread_id if self.returncode is None else None
 
 
+class ThreadStopped(TerminationSignal):
+    """TerminationSignal raised inside a flow-run thread (the engine handles it as it handles SIGTERM)."""
+
+    def __init__(self, signal: int = SIGTERM) -> None:
+        super().__init__(signal)
+
+
 class ThreadTerminationScope(ProcessTerminationScope):
     """Stops a flow-run thread by raising TerminationSignal in it (the engine then records the end)."""
 
@@ -102,7 +110,7 @@ class ThreadTerminationScope(ProcessTerminationScope):
     def graceful_kill(self, pid: int) -> None:
         if self._thread.thread_id is not None and not self._thread.done.is_set():
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._thread.thread_id), ctypes.py_object(TerminationSignal)
+                ctypes.c_ulong(self._thread.thread_id), ctypes.py_object(ThreadStopped)
             )
 
     def hard_kill(self, pid: int) -> None:

@@ -82,3 +82,35 @@ def test_served_runs_share_one_verified_ssl_context_per_ca_file():
     second_ctx = second._client._transport._pool._ssl_context  # type: ignore[attr-defined]
     assert first_ctx is second_ctx
     assert first_ctx.verify_mode.name == "CERT_REQUIRED"  # still verified: nothing was loosened
+
+
+def test_stopping_a_flow_run_thread_raises_termination_signal_in_it():
+    """How the in-process runner cancels an executing run: TerminationSignal inside that thread, nothing else."""
+    import threading
+    import time
+
+    from prefect.exceptions import TerminationSignal
+
+    from deployments.inprocess import FlowRunThread, ThreadTerminationScope
+
+    run, caught = FlowRunThread(), []
+
+    def work() -> None:
+        run.thread_id = threading.get_ident()
+        try:
+            while True:
+                time.sleep(0.01)
+        except TerminationSignal as exc:
+            caught.append(exc.signal)
+        finally:
+            run.done.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    while run.thread_id is None:
+        time.sleep(0.01)
+    scope = ThreadTerminationScope(run)
+    assert scope.is_alive(0)
+    scope.graceful_kill(0)
+    worker.join(timeout=5)
+    assert not worker.is_alive() and caught == [15] and not scope.is_alive(0)
