@@ -9,7 +9,7 @@ started: `run_flow` in a worker thread of this process, where Prefect and the fl
 
 A waiting run still holds nothing: `suspend_flow_run` ends the thread, and the resume is a new thread.
 What threads give up against processes: a crash that kills the interpreter takes every running run with
-it (the runner restarts nothing; Prefect marks them Crashed on its own heartbeat rules), and cancelling a
+it (they stay Running unless flow-run heartbeats are on, PREFECT_FLOWS_HEARTBEAT_FREQUENCY), and cancelling a
 run that is executing a step stops it at its next Python instruction (an exception raised in the thread)
 rather than by a signal. `python -m deployments.serve --processes` keeps Prefect's default.
 """
