@@ -122,7 +122,7 @@ _RUN_LOOKUPS_LOCK = threading.Lock()
 
 
 def load_block(service: str) -> Block | None:
-    """The saved block document of a service, or None when none is saved (looked up once per flow run)."""
+    """The saved block document of a service, or None when none is saved (looked up once per run segment)."""
     spec = SERVICES[service]
     cls = _block_class(spec)
     if cls is None:
