@@ -30,6 +30,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from deployments.stack import stop_process  # noqa: E402 - after sys.path, so `python bench/receiver.py` finds it
+
 SECRET = "bench-secret-0123456789abcdef"
 print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while the bench runs
 
@@ -47,16 +50,6 @@ def wait_http(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(url)
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def start_prefect(home: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
@@ -238,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ratio receiver / raw             : {via_receiver / raw:8.2f}   (target >= 0.8)")
         print(f"flow runs on the server          : {total} (expected {raw_n + receiver_n + 40})")
 
-        stop(server)
+        stop_process(server)
         server = None
         asyncio.run(post_all(url, alert_bodies(1, "detect"), 1, "queued"))  # the first one finds the API down
         seconds, queued = asyncio.run(post_all(url, alert_bodies(args.spool, "spool"), args.concurrency, "queued"))
@@ -253,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         drained = time.perf_counter() - started
         print(f"spool replay after restart       : {depth} alerts in {drained:.1f}s ({depth / drained:.1f}/s)")
     finally:
-        stop(receiver)
-        stop(server)
+        stop_process(receiver)
+        stop_process(server)
         stack.stop()
 
 

@@ -36,6 +36,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 20) -> None:
+    """SIGTERM one child process, SIGKILL it if it is still there after `timeout_s`, and reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Stack:
     """Processes this command started (and only those): stopped by PID, in reverse order."""

@@ -24,6 +24,8 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.settings import PREFECT_API_URL  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
+from deployments.stack import stop_process  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -85,12 +87,7 @@ class Runner:
         raise TimeoutError(f"runner not ready: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 

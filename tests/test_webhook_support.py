@@ -17,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
 from pydantic import ValidationError
 
+from deployments.stack import stop_process
 from webhook.settings import ReceiverSettings
 from webhook.signing import SignatureError, sign, verify_signature
 
@@ -152,11 +153,5 @@ class PrefectServer:
         raise TimeoutError("prefect server did not start")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.process = None
