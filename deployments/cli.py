@@ -184,8 +184,11 @@ Press Ctrl-C to stop everything started here.""")
 def serve(
     sweep_interval: Annotated[int, typer.Option(help="Seconds between reply-timeout sweeps; 0 disables.")] = 300,
     limit: Annotated[
-        int | None, typer.Option(help="Max flow runs executing steps at once (64 threads, 8 processes).")
+        int | None, typer.Option(help="Max flow runs in flight (400 threads, 8 processes with --processes).")
     ] = None,
+    executing: Annotated[
+        int, typer.Option(min=1, help="Of the runs in flight, how many execute steps at once; the others queue.")
+    ] = 8,
     processes: Annotated[
         bool, typer.Option("--processes", help="One Python process per flow run (Prefect's default) not threads.")
     ] = False,
@@ -193,7 +196,7 @@ def serve(
     """Serve the upsell, reply-timeouts and upsell-backfill deployments from this process (needs a Prefect API)."""
     from deployments.serve import main as serve_main
 
-    args = ["--sweep-interval", str(sweep_interval)]
+    args = ["--sweep-interval", str(sweep_interval), "--executing", str(executing)]
     args += ["--limit", str(limit)] if limit else []
     args += ["--processes"] if processes else []
     serve_main(args)

@@ -12,12 +12,29 @@ What threads give up against processes: a crash that kills the interpreter takes
 it (they stay Running unless flow-run heartbeats are on, PREFECT_FLOWS_HEARTBEAT_FREQUENCY), and cancelling a
 run that is executing a step stops it at its next Python instruction (an exception raised in the thread)
 rather than by a signal. `python -m deployments.serve --processes` keeps Prefect's default.
+
+Prefect's engine also opens, for every segment of a deployment run, a thread with its own event loop, API
+client and events-stream subscription to notice a suspension requested from outside (the UI, the API). In a
+process running hundreds of runs that is hundreds of subscriptions, each replaying the last minute of
+`prefect.flow-run.Suspended` events of every run when it opens and receiving each new one. Runs executed here
+share one observer instead (`SharedSuspensionObserver`), as Prefect's runner shares one cancellation observer
+across its runs.
+
+Admission and execution are bounded separately. The runner's limit caps the runs in flight (threads); of
+those, at most `executing` run their flow body at once (`ExecutionSlots`): a run beyond that is Running in
+Prefect, its Running hook waits for a slot, in arrival order, and says so in the run's logs. A burst of
+alerts is then taken in within seconds, and the API is not flooded by hundreds of flow bodies at once: each
+start, resume and create keeps a short queue in front of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from signal import SIGTERM
 from typing import Any
@@ -25,6 +42,9 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import prefect.flow_engine
+from prefect._flow_run_suspension import FlowRunSuspensionRequest, mark_flow_run_suspension_requested
+from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import Abort, Pause, TerminationSignal
@@ -75,6 +95,163 @@ def share_prefect_ssl_contexts() -> None:
         orchestration.ssl = _SharedVerifiedContexts(ssl)  # type: ignore[assignment]
 
 
+class ThreadTimeoutNotice(logging.Filter):
+    """Drops Prefect's warning, logged on every task run executed outside the main thread, that the task's
+    timeout cannot interrupt a blocking call there. Every served run executes in a worker thread here, so it
+    would be a warning on every step of every run; the runner says it once at start instead. Each
+    integration client carries its own request timeout (see the blocks), which is what bounds a hung call.
+    """
+
+    PREFIX = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIX)
+
+
+def quiet_thread_timeout_notices() -> None:
+    task_runs = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, ThreadTimeoutNotice) for f in task_runs.filters):
+        task_runs.addFilter(ThreadTimeoutNotice())
+        logger.info(
+            "Flow runs execute in threads: a step's timeout takes effect once its blocking call returns; the"
+            " integration clients' own request timeouts bound each call."
+        )
+
+
+SuspensionObserverFactory = Callable[[UUID, FlowRunSuspensionRequest], AbstractContextManager[None]]
+
+
+class SharedSuspensionObserver:
+    """One `FlowRunSuspendingObserver` (one events subscription) for every flow run executing in this process.
+
+    The engine asks `prefect.flow_engine.observe_flow_run_suspension` to watch each deployment run it
+    executes; `install` replaces that function with `observe`, which hands runs this process started
+    (`adopt`) to the shared observer and leaves any other run to Prefect's own per-run observer. A watched
+    run is initialised from its current state (a read, as Prefect's per-run observer does), so a Suspended
+    event of an earlier segment is not taken for a new request; a confirmed request is delivered to the
+    engine through Prefect's own registry (`mark_flow_run_suspension_requested`).
+    """
+
+    def __init__(self, polling_interval: float = 10) -> None:
+        self._observer = FlowRunSuspendingObserver(
+            on_suspended=self._on_suspended, polling_interval=polling_interval
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._adopted: set[UUID] = set()
+        self._lock = threading.Lock()
+        self._prefect_observe: SuspensionObserverFactory | None = None
+
+    async def __aenter__(self) -> SharedSuspensionObserver:
+        self._loop = asyncio.get_running_loop()
+        await self._observer.__aenter__()
+        self.install()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.uninstall()
+        self._loop = None
+        await self._observer.__aexit__(*exc_info)
+
+    def install(self) -> None:
+        if self._prefect_observe is None:
+            self._prefect_observe = prefect.flow_engine.observe_flow_run_suspension
+            prefect.flow_engine.observe_flow_run_suspension = self.observe  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        if self._prefect_observe is not None:
+            if prefect.flow_engine.observe_flow_run_suspension == self.observe:
+                prefect.flow_engine.observe_flow_run_suspension = self._prefect_observe  # type: ignore[assignment]
+            self._prefect_observe = None
+
+    def adopt(self, flow_run_id: UUID) -> None:
+        """The engine's next request to watch this run (this process executes it) goes to the shared observer."""
+        with self._lock:
+            self._adopted.add(flow_run_id)
+
+    def release(self, flow_run_id: UUID) -> None:
+        with self._lock:
+            self._adopted.discard(flow_run_id)
+
+    @property
+    def watched(self) -> set[UUID]:
+        return set(self._observer._in_flight_flow_run_ids)
+
+    def observe(
+        self, flow_run_id: UUID, suspension_request: FlowRunSuspensionRequest, polling_interval: float = 10
+    ) -> AbstractContextManager[None]:
+        """Stands in for `prefect.flow_engine.observe_flow_run_suspension` (same signature)."""
+        with self._lock:
+            adopted = flow_run_id in self._adopted
+        loop = self._loop
+        if not adopted or loop is None or loop.is_closed():
+            assert self._prefect_observe is not None
+            return self._prefect_observe(flow_run_id, suspension_request)
+        return self._watch(loop, flow_run_id)
+
+    @contextmanager
+    def _watch(self, loop: asyncio.AbstractEventLoop, flow_run_id: UUID) -> Iterator[None]:
+        asyncio.run_coroutine_threadsafe(self._observer.watch_flow_run_id(flow_run_id), loop).result()
+        try:
+            yield
+        finally:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(self._observer.remove_in_flight_flow_run_id, flow_run_id)
+
+    @staticmethod
+    def _on_suspended(flow_run_id: UUID, state: Any) -> None:
+        mark_flow_run_suspension_requested(flow_run_id, state)
+
+
+class ExecutionSlots:
+    """At most `size` flow bodies execute at once in this process; a run beyond that waits, Running, for a slot.
+
+    `wait_for_slot` is a Prefect Running hook (the engine calls it in the run's thread once the run is Running);
+    `release` is called when the run's thread ends (final, suspended, crashed or stopped).
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("execution slots must be at least 1")
+        self.size = size
+        self._free = threading.Semaphore(size)
+        self._holders: set[UUID] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._holders)
+
+    def wait_for_slot(self, flow: Any, flow_run: FlowRun, state: Any) -> None:
+        with self._lock:
+            if flow_run.id in self._holders:  # the engine entered Running again within one thread
+                return
+        if not self._free.acquire(blocking=False):
+            get_run_logger_for(flow_run).info(
+                "Queued: %d flow runs are executing steps in this process (limit %d); this run starts when one"
+                " of them ends or waits",
+                self.busy,
+                self.size,
+            )
+            self._free.acquire()
+        with self._lock:
+            self._holders.add(flow_run.id)
+
+    def release(self, flow_run_id: UUID) -> None:
+        with self._lock:
+            if flow_run_id not in self._holders:
+                return
+            self._holders.discard(flow_run_id)
+        self._free.release()
+
+
+def get_run_logger_for(flow_run: FlowRun) -> Any:
+    """The run's logger (its lines reach the run's logs in the UI) from inside a hook."""
+    from prefect.logging.loggers import flow_run_logger
+
+    return flow_run_logger(flow_run)
+
+
 @dataclass
 class FlowRunThread:
     """What Prefect's process bookkeeping needs from a "process": a pid, an exit code, a way to stop it."""
@@ -123,9 +300,17 @@ class ThreadTerminationScope(ProcessTerminationScope):
 class InProcessStarter:
     """A `ProcessStarter` (Prefect's runner protocol) that runs the flow in a thread of this process."""
 
-    def __init__(self, flow: Flow[..., Any], limiter: anyio.CapacityLimiter) -> None:
+    def __init__(
+        self,
+        flow: Flow[..., Any],
+        limiter: anyio.CapacityLimiter,
+        suspension: SharedSuspensionObserver | None = None,
+        slots: ExecutionSlots | None = None,
+    ) -> None:
         self._flow = flow
         self._limiter = limiter
+        self._suspension = suspension
+        self._slots = slots
 
     async def start(
         self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
@@ -137,6 +322,8 @@ class InProcessStarter:
     def _run(self, flow_run: FlowRun, thread: FlowRunThread) -> int:
         """0 when the engine recorded how the run ended (final, suspended, aborted), 1 when it could not."""
         thread.thread_id = threading.get_ident()
+        if self._suspension is not None:
+            self._suspension.adopt(flow_run.id)
         try:
             run_flow(self._flow, flow_run=flow_run, return_type="state")
             return 0
@@ -150,33 +337,48 @@ class InProcessStarter:
             logger.exception("Flow run %s ended without a final state", flow_run.id)
             return 1
         finally:
+            if self._suspension is not None:
+                self._suspension.release(flow_run.id)
+            if self._slots is not None:
+                self._slots.release(flow_run.id)
             thread.done.set()
 
 
 class InProcessRunner(Runner):
-    """Prefect's `Runner`, with the runs of the flows given to `add_served` started by `InProcessStarter`."""
+    """Prefect's `Runner`, with the runs of the flows given to `add_served` started by `InProcessStarter`.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    `limit` caps the runs in flight (threads); `executing` caps the flow bodies executing at once among them.
+    """
+
+    def __init__(self, *args: Any, executing: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.served_flows: dict[UUID, Flow[..., Any]] = {}
+        self.suspension_observer = SharedSuspensionObserver()
+        self.slots = ExecutionSlots(executing) if executing else None
 
     def add_served(self, deployment: RunnerDeployment, flow: Flow[..., Any]) -> UUID:
         """Register `deployment` with the API (as `add_deployment`) and run its flow runs in threads."""
         deployment_id = self.add_deployment(deployment)
         assert isinstance(deployment_id, UUID)  # called from sync code: never a coroutine
+        if self.slots is not None:
+            flow = flow.with_options(on_running=[self.slots.wait_for_slot, *flow.on_running_hooks])
         self.served_flows[deployment_id] = flow
         return deployment_id
 
     async def __aenter__(self) -> InProcessRunner:
         share_prefect_ssl_contexts()
+        quiet_thread_timeout_notices()
         await super().__aenter__()
+        await self._exit_stack.enter_async_context(self.suspension_observer)
         limiter = anyio.CapacityLimiter(self.limit or 1000)
         poller = self._scheduled_run_poller
         prefect_starter = poller._resolve_starter
 
         def resolve_starter(flow_run: FlowRun) -> Any:
             flow = self.served_flows.get(flow_run.deployment_id) if flow_run.deployment_id else None
-            return InProcessStarter(flow, limiter) if flow is not None else prefect_starter(flow_run)
+            if flow is None:
+                return prefect_starter(flow_run)
+            return InProcessStarter(flow, limiter, self.suspension_observer, self.slots)
 
         poller._resolve_starter = resolve_starter
         return self

@@ -20,9 +20,11 @@ from tasks.ratelimits import ensure_rate_limits
 
 SWEEP_INTERVAL_S = 300
 BACKFILL_CRON = "15 2 * * *"  # daily, 02:15 UTC
-#: Flow runs executing steps at once (threads, or processes with --processes); waiting runs hold none.
-DEFAULT_LIMIT = 64
+#: Flow runs in flight at once (threads, or processes with --processes); runs waiting for a reply hold none.
+DEFAULT_LIMIT = 400
 DEFAULT_PROCESS_LIMIT = 8  # each flow-run process is ~150 MiB and 1.5 s of CPU to start
+#: Of the runs in flight (threads), how many execute their steps at once; the others are Running and queued.
+DEFAULT_EXECUTING = 8
 
 
 def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[RunnerDeployment]:
@@ -61,8 +63,15 @@ def main(argv: list[str] | None = None) -> None:
         "--limit",
         type=int,
         default=None,
-        help=f"Max flow runs executing steps at once (default {DEFAULT_LIMIT} threads, {DEFAULT_PROCESS_LIMIT} with"
-        " --processes); waiting runs hold none.",
+        help=f"Max flow runs in flight (default {DEFAULT_LIMIT} threads, {DEFAULT_PROCESS_LIMIT} processes with"
+        " --processes); runs waiting for a reply hold none.",
+    )
+    parser.add_argument(
+        "--executing",
+        type=int,
+        default=DEFAULT_EXECUTING,
+        help=f"Of the runs in flight, how many execute steps at once (default {DEFAULT_EXECUTING}); the others are"
+        " Running and queued in arrival order. Threads only.",
     )
     parser.add_argument(
         "--processes",
@@ -82,12 +91,18 @@ def main(argv: list[str] | None = None) -> None:
         help="Do not create the vendors' global concurrency limits (upsell-slack, upsell-anthropic, ...).",
     )
     args = parser.parse_args(argv)
+    if args.executing < 1:
+        parser.error("--executing must be at least 1")
     if not args.no_rate_limits:
         with get_client(sync_client=True) as client:
             for name, rate in ensure_rate_limits(client).items():
                 print(f"Rate limit {name}: {rate.per_second:g}/s (burst {rate.burst})")  # noqa: T201
     limit = args.limit or (DEFAULT_PROCESS_LIMIT if args.processes else DEFAULT_LIMIT)
-    runner = (Runner if args.processes else InProcessRunner)(pause_on_shutdown=True, limit=limit)
+    runner = (
+        Runner(pause_on_shutdown=True, limit=limit)
+        if args.processes
+        else InProcessRunner(pause_on_shutdown=True, limit=limit, executing=args.executing)
+    )
     deployments = build_deployments(args.sweep_interval)
     flows: dict[str, Any] = {f.name: f for f in (upsell, reply_timeouts, upsell_backfill)}
     for deployment in deployments:
@@ -95,8 +110,12 @@ def main(argv: list[str] | None = None) -> None:
             runner.add_served(deployment, flows[str(deployment.flow_name)])
         else:
             runner.add_deployment(deployment)
-    mode = "one process per flow run" if args.processes else "flow runs in threads of this process"
-    print(f"Serving {', '.join(d.name for d in deployments)} ({mode}, at most {limit} at once)")  # noqa: T201
+    mode = (
+        f"one process per flow run, at most {limit} at once"
+        if args.processes
+        else f"flow runs in threads of this process: at most {limit} in flight, {args.executing} executing steps"
+    )
+    print(f"Serving {', '.join(d.name for d in deployments)} ({mode})")  # noqa: T201
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefect import flow
@@ -9,21 +10,26 @@ from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 
 from flows.models import (
     AutomationLevel,
+    ContractData,
     CustomerReply,
     CustomerReplyInput,
     EmailApproval,
+    EmailDraft,
     EmailResult,
     MeetingApproval,
     Opportunity,
     OpportunityReview,
+    PlanResult,
     SlackResult,
     UpsellOutcome,
     UpsellStage,
     UpsellStatus,
     UsageAlert,
+    UsageData,
     WaitKind,
     automation_level_for,
 )
@@ -35,12 +41,13 @@ from tasks.fetch_usage import fetch_usage
 from tasks.links import LinkToken, link_for
 from tasks.log_opportunity import log_opportunity
 from tasks.post_slack_summary import post_slack_summary
-from tasks.progress import announce_integrations, collect_timings, publish_stage
+from tasks.progress import announce_integrations, collect_timings, publish_journal, publish_stage
 from tasks.send_email_draft import draft_email, send_email_draft
 from tasks.settings import UpsellSettings, get_settings
-from tasks.waits import open_wait, opened_waits
+from tasks.waits import WaitDeadline, open_wait, opened_waits
 
 R = TypeVar("R", bound=RunInput)
+M = TypeVar("M", bound=BaseModel)
 
 
 def upsell_run_name() -> str:
@@ -49,26 +56,45 @@ def upsell_run_name() -> str:
 
 
 class Journal:
-    """The stages reached so far; each new stage republishes the run's artifact and emits its event, once.
+    """What the run has reached: stages (each published once) and step results (picked up when resumed).
 
-    A resumed run replays the flow from the top (tasks answer from their cache) up to the wait it was
-    resumed from. Stages reached before the last wait opened in an earlier segment were published then, so
-    until that wait is passed they are only collected again, not published.
+    A resumed run replays the flow from the top up to the wait it was resumed from. Each wait opened in an
+    earlier segment recorded the results of the steps done before it: a replayed step takes its result from
+    there instead of running again (no task run, no API call). Stages reached before the last of those waits
+    were published then, so until that wait is passed they are only collected again, not published.
+    Each stage is an event and a log line when reached; the run's markdown artifact is republished when the
+    run waits, ends or fails.
     """
 
-    def __init__(self, alert: UsageAlert, replay_waits: set[str]) -> None:
+    def __init__(self, alert: UsageAlert, opened: dict[str, WaitDeadline]) -> None:
         self.alert = alert
         self.entries: list[dict[str, Any]] = []
-        self.replay_waits = set(replay_waits)
+        self.replay_waits = set(opened)
+        self.results: dict[str, Any] = {}
+        for record in opened.values():  # oldest first: a later wait's record holds everything done before it
+            self.results.update(record.steps)
 
     @property
     def replaying(self) -> bool:
         return bool(self.replay_waits)
 
+    def step(self, name: str, result_type: type[M], run: Callable[[], M]) -> M:
+        """The step's result: recorded by an earlier segment, or `run()` now (a task) and recorded."""
+        if name in self.results:
+            return result_type.model_validate(self.results[name])
+        result = run()
+        self.results[name] = result.model_dump(mode="json")
+        return result
+
     def reach(self, stage: UpsellStage, **details: Any) -> None:
         self.entries.append({"stage": stage.value, "details": {k: v for k, v in details.items() if v is not None}})
         if not self.replaying:
             publish_stage(self.alert, list(self.entries))
+
+    def publish(self) -> None:
+        """Republish the run's markdown artifact (stages so far), unless an earlier segment already did."""
+        if not self.replaying and self.entries:
+            publish_journal(self.alert, list(self.entries))
 
     def passed(self, wait: WaitKind) -> None:
         self.replay_waits.discard(wait)
@@ -88,8 +114,9 @@ def wait_for(
     Prefect's own timeout is the deadline plus a grace period: the `reply-timeouts` sweep closes expired
     waits first, so that an unanswered wait ends the run Completed rather than Failed.
     """
-    if kind not in journal.replay_waits:  # a wait opened in an earlier segment keeps its first deadline
-        open_wait(kind, timeout_s)
+    if kind not in journal.replay_waits:  # a wait opened in an earlier segment keeps its first record
+        journal.publish()
+        open_wait(kind, timeout_s, journal.results)
     form = input_type.with_initial_data(description=description, **initial)
     safety_timeout = int(timeout_s + settings.wait_grace_s)
     context = FlowRunContext.get()
@@ -124,17 +151,32 @@ def upsell(
     approval_timeout_s: float | None = None,
 ) -> UpsellOutcome:
     """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity."""
+    journal = Journal(alert, opened_waits())
+    try:
+        return run_upsell(journal, automation_level, reply_timeout_s, approval_timeout_s)
+    except Exception:  # a failed step: the artifact still shows how far the run got (a wait is not an Exception)
+        journal.publish()
+        raise
+
+
+def run_upsell(
+    journal: Journal,
+    automation_level: AutomationLevel | None,
+    reply_timeout_s: float | None,
+    approval_timeout_s: float | None,
+) -> UpsellOutcome:
+    """The body of the `upsell` flow (its steps are tasks; its waits suspend the run)."""
+    alert = journal.alert
     settings = get_settings()
     level = automation_level or automation_level_for(alert.severity, settings.severity_levels)
     reply_timeout = reply_timeout_s or settings.reply_timeout_s
     approval_timeout = approval_timeout_s or settings.approval_timeout_s
-    journal = Journal(alert, replay_waits=opened_waits())
 
     standins = announce_integrations(log=not journal.replaying)
     journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
 
-    usage = fetch_usage(alert)
-    contract = fetch_contract(alert.account_id)
+    usage = journal.step("usage", UsageData, lambda: fetch_usage(alert))
+    contract = journal.step("contract", ContractData, lambda: fetch_contract(alert.account_id))
     journal.reach(
         UpsellStage.FETCHING_DATA,
         current_plan=contract.current_plan,
@@ -142,7 +184,7 @@ def upsell(
         over_threshold=f"{usage.threshold_exceeded:.0%}",
         trend=usage.usage_trend,
     )
-    planned = ask_claude_for_plan(usage, contract)
+    planned = journal.step("plan", PlanResult, lambda: ask_claude_for_plan(usage, contract))
     plan = planned.plan
     journal.reach(
         UpsellStage.AI_ANALYSIS,
@@ -161,6 +203,7 @@ def upsell(
     ) -> UpsellOutcome:
         opportunity_id = log_opportunity(log) if log is not None else None
         journal.reach(UpsellStage.COMPLETED, status=status.value, opportunity_id=opportunity_id)
+        journal.publish()
         return UpsellOutcome(
             status=status,
             event_id=alert.event_id,
@@ -195,7 +238,7 @@ def upsell(
             **fields,
         )
 
-    draft = draft_email(alert, usage, contract, plan)
+    draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan))
     if level is AutomationLevel.HUMAN_INTERVENTION:
         approval = wait_for(
             journal,
@@ -220,7 +263,7 @@ def upsell(
                 }
             )
 
-    email = send_email_draft(alert, draft)
+    email = journal.step("email", EmailResult, lambda: send_email_draft(alert, draft))
     if email.status == "suppressed":
         return finish(
             UpsellStatus.SUPPRESSED,
@@ -247,11 +290,15 @@ def upsell(
                 alert.event_id,
             ),
         }
-    slack_state = post_slack_summary(alert, level, contract, planned, email, decision_links, return_state=True)
-    if slack_state.is_completed():
-        slack = slack_state.result()
-    else:  # Slack is non-critical: the failure is recorded on the run and the upsell goes on
-        slack = SlackResult(posted=False, error=str(slack_state.message or slack_state.name))
+
+    def post_summary() -> SlackResult:
+        state = post_slack_summary(alert, level, contract, planned, email, decision_links, return_state=True)
+        if state.is_completed():
+            return state.result()
+        # Slack is non-critical: the failure is recorded on the run and the upsell goes on
+        return SlackResult(posted=False, error=str(state.message or state.name))
+
+    slack = journal.step("slack", SlackResult, post_summary)
     journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error)
 
     if email.status == "unknown":

@@ -112,38 +112,66 @@ def _block_class(spec: ServiceSpec) -> type[Block] | None:
     return getattr(module, class_name)
 
 
-#: Blocks looked up by the current segment of a flow run: (flow run id, its Running state's id, service) ->
+#: Blocks looked up by the current segment of a flow run: (flow run id, its Running state's id) -> service ->
 #: block or None. A segment resolves each service several times (the announcement, then its step); one lookup
-#: per segment spares the API. A resumed run is a new segment (new Running state): it sees blocks saved while
-#: it waited.
-_RUN_LOOKUPS: OrderedDict[tuple[str, str, str], Block | None] = OrderedDict()
-_RUN_LOOKUPS_MAX = 4096
+#: of all services per segment spares the API. A resumed run is a new segment (new Running state): it sees
+#: blocks saved while it waited.
+_RUN_LOOKUPS: OrderedDict[tuple[str, str], dict[str, Block | None]] = OrderedDict()
+_RUN_LOOKUPS_MAX = 1024
 _RUN_LOOKUPS_LOCK = threading.Lock()
 
 
+def load_blocks() -> dict[str, Block | None]:
+    """Every service's saved block document (None when none is saved), in one API request.
+
+    Asks for the documents named `upsell-<service>` at once and keeps each one whose block type is the
+    service's block class; the block is built from the document as `Block.load` builds it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import BlockDocumentFilter, BlockDocumentFilterName
+    from prefect.client.schemas.objects import BlockDocument
+
+    classes = {service: _block_class(spec) for service, spec in SERVICES.items()}
+    wanted = {(spec.document, cls.get_block_type_slug()): service
+              for service, spec in SERVICES.items() if (cls := classes[service]) is not None}
+    names = BlockDocumentFilterName(any_=sorted({name for name, _slug in wanted}))
+    with get_client(sync_client=True) as client:
+        response = client.request(
+            "POST",
+            "/block_documents/filter",
+            json={
+                "block_documents": BlockDocumentFilter(name=names).model_dump(mode="json", exclude_unset=True),
+                "include_secrets": True,
+                "limit": 200,
+            },
+        )
+    found: dict[str, Block | None] = dict.fromkeys(SERVICES)
+    for document in BlockDocument.model_validate_list(response.json()):
+        slug = document.block_type.slug if document.block_type is not None else None
+        service = wanted.get((document.name or "", slug or ""))
+        cls = classes.get(service) if service else None
+        if service is not None and cls is not None:
+            found[service] = cls._load_from_block_document(document)
+    return found
+
+
 def load_block(service: str) -> Block | None:
-    """The saved block document of a service, or None when none is saved (looked up once per run segment)."""
-    spec = SERVICES[service]
-    cls = _block_class(spec)
-    if cls is None:
-        return None
+    """The saved block document of a service, or None when none is saved (all looked up once per segment)."""
+    SERVICES[service]  # an unknown service is a KeyError, as before any lookup
     context = FlowRunContext.get()
     run = context.flow_run if context is not None else None
-    key = (str(run.id), str(run.state.id), service) if run is not None and run.state is not None else None
-    if key is not None:
+    if run is None or run.state is None:
+        return load_blocks()[service]
+    key = (str(run.id), str(run.state.id))
+    with _RUN_LOOKUPS_LOCK:
+        blocks = _RUN_LOOKUPS.get(key)
+    if blocks is None:
+        blocks = load_blocks()
         with _RUN_LOOKUPS_LOCK:
-            if key in _RUN_LOOKUPS:
-                return _RUN_LOOKUPS[key]
-    try:
-        block: Block | None = cls.load(spec.document)  # type: ignore[assignment]  # sync call: never a coroutine
-    except ValueError:  # no such document (or block type not registered): the stand-in applies
-        block = None
-    if key is not None:
-        with _RUN_LOOKUPS_LOCK:
-            _RUN_LOOKUPS[key] = block
+            _RUN_LOOKUPS[key] = blocks
             while len(_RUN_LOOKUPS) > _RUN_LOOKUPS_MAX:
                 _RUN_LOOKUPS.popitem(last=False)
-    return block
+    return blocks[service]
 
 
 def resolve(service: str, settings: UpsellSettings | None = None) -> Resolved:

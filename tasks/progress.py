@@ -52,15 +52,20 @@ def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
-    """Publish the run's stage table as a markdown artifact and emit the stage's Prefect event."""
+def publish_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
+    """Publish the run's stage table as a new version of its markdown artifact (`upsell-<alert slug>`)."""
     stage = UpsellStage(journal[-1]["stage"])
-    details = journal[-1].get("details", {})
     create_markdown_artifact(
         key=f"upsell-{alert.slug}",
         markdown=render_journal(alert, journal),
         description=f"Upsell {alert.account_id}/{alert.event_id}: {stage.value}",
     )
+
+
+def publish_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
+    """Emit the Prefect event of the stage just reached (the last entry) and log it."""
+    stage = UpsellStage(journal[-1]["stage"])
+    details = journal[-1].get("details", {})
     emit_event(
         event=details.get("event") or STAGE_EVENTS[stage],
         resource={

@@ -12,15 +12,18 @@ from tasks.email_message import compose_email
 from tasks.integrations import resolve
 from tasks.links import LinkToken, link_for
 from tasks.once import run_once
-from tasks.policy import FETCH_TIMEOUT_S, SEND_TIMEOUT_S, step_options
+from tasks.policy import SEND_TIMEOUT_S, step_options
 from tasks.settings import get_settings
 
 EMAIL_STEP = "send_email_draft"
 
 
-@task(name="draft_email", **step_options(FETCH_TIMEOUT_S))
 def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, plan: UpsellPlan) -> EmailDraft:
-    """Compose the email with signed yes/no/maybe links and a one-click unsubscribe link."""
+    """Compose the email with signed yes/no/maybe links and a one-click unsubscribe link.
+
+    A plain function, not a task: it calls nothing outside this process. The flow records the draft with
+    the step results at its next wait, so a resumed run uses the draft that was sent.
+    """
     settings = get_settings()
     secret = settings.link_secret.get_secret_value()
     run_id = str(flow_run.get_id() or "")

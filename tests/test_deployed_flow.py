@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from deployments.api import resume_wait, send_customer_reply, trigger_upsell_workflow
 from flows.models import AutomationLevel, UpsellOutcome
@@ -38,6 +40,21 @@ async def _stages_published(run_id: str) -> list[str]:
     return [a.description.rsplit(": ", 1)[-1] for a in reversed(artifacts) if a.description]
 
 
+def _stage_events(opportunity_id: str, expected: int, timeout_s: float = 30) -> list[str]:
+    """The stages of the run's `upsell.*` events, oldest first (events are stored asynchronously: poll)."""
+    event_filter = EventFilter(
+        event=EventNameFilter(prefix=["upsell."]),
+        resource=EventResourceFilter(id=[f"upsell.opportunity.{opportunity_id}"]),
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events
+        if len(events) >= expected or time.monotonic() > deadline:
+            return [e.payload["stage"] for e in sorted(events, key=lambda e: e.occurred)]
+        time.sleep(0.5)
+
+
 async def _resume(run_id: str, kind: str, value: dict) -> None:
     async with get_client() as client:
         await resume_wait(client, run_id, kind, value)
@@ -55,9 +72,9 @@ def test_hybrid_deployment_run_suspends_and_resumes(runner, event_id):
     outcome = UpsellOutcome.model_validate(final.state.result())
     assert outcome.reply == "yes" and outcome.meeting is not None
     assert len(list((runner.data_dir / "outbox").glob(f"{event_id}*.eml"))) == 1
-    # Three segments (start, after the reply, after the review) replay the steps before their wait; each stage
-    # is still published (artifact version + Prefect event) exactly once, in order.
-    assert asyncio.run(_stages_published(run_id)) == [
-        "Started", "Fetching Data", "AI Analysis", "Email Sent", "Slack Posted",
-        "Waiting Reply", "Waiting Reply", "Meeting Scheduled", "Completed",
-    ]
+    # Three segments (start, after the reply, after the review) replay the flow up to their wait; each stage
+    # is still one Prefect event, in order, and the artifact gets one version per wait and one at the end.
+    stages = ["Started", "Fetching Data", "AI Analysis", "Email Sent", "Slack Posted",
+              "Waiting Reply", "Waiting Reply", "Meeting Scheduled", "Completed"]
+    assert _stage_events(outcome.opportunity_id or "", len(stages)) == stages
+    assert asyncio.run(_stages_published(run_id)) == ["Waiting Reply", "Waiting Reply", "Completed"]

@@ -324,6 +324,7 @@ class AlertDispatcher:
             status.run_error = str(exc) or type(exc).__name__
             return status
         if artifacts and artifacts[0].description:
-            # publish_stage describes each artifact version as "Upsell <account>/<event>: <stage>"
+            # publish_journal describes each artifact version as "Upsell <account>/<event>: <stage>" (the stage
+            # at the run's last wait or end)
             status.run_stage = artifacts[0].description.rsplit(": ", 1)[-1]
         return status
