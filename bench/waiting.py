@@ -51,6 +51,10 @@ SECRET = "bench-waiting-secret-0123456789"
 DEPLOYMENTS = ["upsell/upsell", "reply-timeouts/reply-timeouts", "upsell-backfill/upsell-backfill"]
 TRIGGER_TARGET_P95_S = 3.0
 RESUME_TARGET_P95_S = 10.0
+#: How often the benchmark reads its runs' states. Latencies come from the server's own timestamps (start and
+#: end times), so this only costs the server reads, not precision: 200 runs read twice a second was a few
+#: percent of the server's CPU.
+STATE_POLL_S = 2.0
 MIN_AVAILABLE_MB = 2048  # abort rather than let the OOM killer pick processes on a shared machine
 
 
@@ -299,7 +303,7 @@ async def wait_all_waiting(client: Any, url: str, items: list[Tracked], timeout_
             waiting = sum(1 for i in by_id.values() if i.waiting)
             log(f"    {running}/{len(items)} started, {waiting}/{len(items)} waiting for the reply"
                 + (f", {len(unresolved)} still spooled in the receiver" if unresolved else ""))
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(STATE_POLL_S)
 
 
 async def resume_all(client: Any, items: list[Tracked], chunk: int) -> float:
@@ -353,7 +357,7 @@ async def wait_all_final(client: Any, items: list[Tracked], timeout_s: float, lo
             last_report = time.monotonic()
             done = sum(1 for i in by_id.values() if i.final_state)
             log(f"    {done}/{len(by_id)} final")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(STATE_POLL_S)
 
 
 # ---------------------------------------------------------------- figures
@@ -397,12 +401,14 @@ def verdict(value: float | None, target: float) -> str:
 # ---------------------------------------------------------------- the benchmark
 
 
-def serve_deployments(stack: Stack, api_url: str, poll_s: int, limit: int) -> Any:
-    """The runner as `upsell up` starts it; with `limit` > 0 also `--limit` (at most that many flow processes)."""
-    if not limit:
+def serve_deployments(stack: Stack, api_url: str, poll_s: int, limit: int, executing: int = 0) -> Any:
+    """The runner as `upsell up` starts it; `limit` > 0 adds `--limit`, `executing` > 0 `--executing`."""
+    if not limit and not executing:
         return start_runner(stack, api_url, sweep_interval_s=0, poll_s=poll_s)
     env = base_env(api_url) | {"PREFECT_RUNNER_POLL_FREQUENCY": str(poll_s)}
-    args = ["-m", "deployments.serve", "--sweep-interval", "0", "--limit", str(limit)]
+    args = ["-m", "deployments.serve", "--sweep-interval", "0"]
+    args += ["--limit", str(limit)] if limit else []
+    args += ["--executing", str(executing)] if executing else []
     return stack.start("runner", [sys.executable, *args], env)
 
 
@@ -468,10 +474,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite",
                         help="The Prefect server's database: sqlite (default, as `upsell up`) or a throwaway "
                         "PostgreSQL cluster (Prefect's recommendation beyond light use; needs initdb).")
+    parser.add_argument("--redis", action="store_true",
+                        help="Give the Prefect server Redis messaging (a throwaway redis-server; needs redis-server "
+                        "and prefect-redis), as deployments/scale.sh runs it. Needed for --server-workers > 1.")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="API worker processes of the Prefect server (prefect server start --workers; default 1; "
+                        "more needs --database postgres and --redis).")
+    parser.add_argument("--executing", type=int, default=0,
+                        help="deployments.serve --executing: flow bodies executing at once (0: its default).")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary folder (database, logs).")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("--n must be at least 1")
+    if args.server_workers > 1 and (args.database != "postgres" or not args.redis):
+        parser.error("--server-workers > 1 needs --database postgres and --redis (Prefect's requirement)")
 
     work = Path(tempfile.mkdtemp(prefix="upsell-bench-waiting-"))
     home = isolate_environment(work)
@@ -492,11 +508,24 @@ def main(argv: list[str] | None = None) -> int:
             from bench.postgres import start_postgres
 
             pg_url = os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = start_postgres(stack, work)
+        if args.redis:
+            from bench.redis_server import start_redis
+
+            os.environ.update(start_redis(stack, work))
+        if args.server_workers > 1:
+            # API workers starting together on a fresh database race to migrate it and to register block types:
+            # one single-worker start does both first, then the server starts with its workers.
+            first = Stack(log_dir=work / "logs" / "first-start")
+            try:
+                ensure_prefect_server(first, free_port())
+            finally:
+                first.stop()
         port = free_port()
-        log(f"Prefect server on port {port} ({args.database}), PREFECT_HOME {home}")
-        api_url, _ = ensure_prefect_server(stack, port)
+        setup = f"{args.database}{' + Redis' if args.redis else ''}, {args.server_workers} API worker(s)"
+        log(f"Prefect server on port {port} ({setup}), PREFECT_HOME {home}")
+        api_url, _ = ensure_prefect_server(stack, port, extra_args=["--workers", str(args.server_workers)])
         os.environ["PREFECT_API_URL"] = api_url  # before prefect is imported by this process
-        runner = serve_deployments(stack, api_url, args.poll, args.runner_limit)
+        runner = serve_deployments(stack, api_url, args.poll, args.runner_limit, args.executing)
         wait_for_deployments(api_url, DEPLOYMENTS, stack)
         log(f"Runner (python -m deployments.serve) pid {runner.pid}, PREFECT_RUNNER_POLL_FREQUENCY={args.poll}")
 
@@ -574,7 +603,10 @@ def main(argv: list[str] | None = None) -> int:
         top_rows = sorted(((c, t) for t, c in row_growth.items() if c > 0), reverse=True)[:6]
         server_log = (work / "logs" / "prefect-server.log").read_text(errors="replace")
         locked = server_log.count("(sqlite3.OperationalError) database is locked")  # once per failed transaction
-        limit_text = f"--limit {args.runner_limit}" if args.runner_limit else "none (deployments.serve default)"
+        from deployments.serve import DEFAULT_EXECUTING, DEFAULT_LIMIT
+
+        limit_text = (f"{args.runner_limit or DEFAULT_LIMIT} runs in flight, "
+                      f"{args.executing or DEFAULT_EXECUTING} executing steps")
         t50, t95 = percentile(burst.trigger, 50), percentile(burst.trigger, 95)
         r50, r95 = percentile(burst.resume, 50), percentile(burst.resume, 95)
         b_t, b_r = percentile(base.trigger, 50), percentile(base.resume, 50)
@@ -624,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         widths = [max(len(str(r[c])) for r in [headers, *rows]) for c in range(5)]
         line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
         log("")
-        log(f"Waiting benchmark: N={n}, Prefect server on {args.database}, "
+        log(f"Waiting benchmark: N={n}, Prefect server on {setup}, "
             f"PREFECT_RUNNER_POLL_FREQUENCY={args.poll}s, runner limit: {limit_text}, "
             f"{os.cpu_count()} CPUs, receiver cooldown_s=0, severity critical "
             "(FULL_AUTOMATION)")

@@ -118,6 +118,10 @@ def quiet_thread_timeout_notices() -> None:
         )
 
 
+#: Longest a run waits for the shared observer to read its state (the serving process's event loop is busy or
+#: stopping); past it the run goes on unobserved rather than hanging.
+WATCH_START_TIMEOUT_S = 30.0
+
 SuspensionObserverFactory = Callable[[UUID, FlowRunSuspensionRequest], AbstractContextManager[None]]
 
 
@@ -138,6 +142,7 @@ class SharedSuspensionObserver:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._adopted: set[UUID] = set()
+        self._watching: set[UUID] = set()
         self._lock = threading.Lock()
         self._prefect_observe: SuspensionObserverFactory | None = None
 
@@ -174,7 +179,9 @@ class SharedSuspensionObserver:
 
     @property
     def watched(self) -> set[UUID]:
-        return set(self._observer._in_flight_flow_run_ids)
+        """The runs the shared observer is watching now (executing in this process)."""
+        with self._lock:
+            return set(self._watching)
 
     def observe(
         self, flow_run_id: UUID, suspension_request: FlowRunSuspensionRequest, polling_interval: float = 10
@@ -190,10 +197,21 @@ class SharedSuspensionObserver:
 
     @contextmanager
     def _watch(self, loop: asyncio.AbstractEventLoop, flow_run_id: UUID) -> Iterator[None]:
-        asyncio.run_coroutine_threadsafe(self._observer.watch_flow_run_id(flow_run_id), loop).result()
+        started = asyncio.run_coroutine_threadsafe(self._observer.watch_flow_run_id(flow_run_id), loop)
+        try:
+            started.result(timeout=WATCH_START_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the run goes on; only an outside suspension goes unnoticed
+            started.cancel()
+            logger.warning("Flow run %s: suspension observer not ready (%s); the run goes on without it",
+                           flow_run_id, type(exc).__name__)
+        else:
+            with self._lock:
+                self._watching.add(flow_run_id)
         try:
             yield
         finally:
+            with self._lock:
+                self._watching.discard(flow_run_id)
             if not loop.is_closed():
                 loop.call_soon_threadsafe(self._observer.remove_in_flight_flow_run_id, flow_run_id)
 
@@ -205,44 +223,50 @@ class SharedSuspensionObserver:
 class ExecutionSlots:
     """At most `size` flow bodies execute at once in this process; a run beyond that waits, Running, for a slot.
 
-    `wait_for_slot` is a Prefect Running hook (the engine calls it in the run's thread once the run is Running);
-    `release` is called when the run's thread ends (final, suspended, crashed or stopped).
+    `wait_for_slot` is a Prefect Running hook (the engine calls it in the run's thread once the run is
+    Running); `release` is called when the run's thread ends (final, suspended, crashed or stopped). Waiting
+    runs are served in arrival order.
     """
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("execution slots must be at least 1")
         self.size = size
-        self._free = threading.Semaphore(size)
         self._holders: set[UUID] = set()
-        self._lock = threading.Lock()
+        self._queue: list[UUID] = []
+        self._changed = threading.Condition()
 
     @property
     def busy(self) -> int:
-        with self._lock:
+        with self._changed:
             return len(self._holders)
 
     def wait_for_slot(self, flow: Any, flow_run: FlowRun, state: Any) -> None:
-        with self._lock:
+        with self._changed:
             if flow_run.id in self._holders:  # the engine entered Running again within one thread
                 return
-        if not self._free.acquire(blocking=False):
+            busy = len(self._holders)
+            self._queue.append(flow_run.id)
+        if busy >= self.size:
             get_run_logger_for(flow_run).info(
                 "Queued: %d flow runs are executing steps in this process (limit %d); this run starts when one"
                 " of them ends or waits",
-                self.busy,
+                busy,
                 self.size,
             )
-            self._free.acquire()
-        with self._lock:
+        with self._changed:
+            while len(self._holders) >= self.size or self._queue[0] != flow_run.id:
+                self._changed.wait()
+            self._queue.pop(0)
             self._holders.add(flow_run.id)
+            self._changed.notify_all()
 
     def release(self, flow_run_id: UUID) -> None:
-        with self._lock:
-            if flow_run_id not in self._holders:
-                return
+        with self._changed:
+            if flow_run_id in self._queue:  # stopped while queued
+                self._queue.remove(flow_run_id)
             self._holders.discard(flow_run_id)
-        self._free.release()
+            self._changed.notify_all()
 
 
 def get_run_logger_for(flow_run: FlowRun) -> Any:

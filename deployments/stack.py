@@ -86,8 +86,11 @@ def base_env(api_url: str) -> dict[str, str]:
     return env
 
 
-def ensure_prefect_server(stack: Stack, port: int = DEFAULT_PREFECT_PORT, timeout_s: float = 90) -> tuple[str, bool]:
-    """The API URL to use: PREFECT_API_URL if set, a server already on `port`, or one started now.
+def ensure_prefect_server(
+    stack: Stack, port: int = DEFAULT_PREFECT_PORT, timeout_s: float = 90, extra_args: list[str] | None = None
+) -> tuple[str, bool]:
+    """The API URL to use: PREFECT_API_URL if set, a server already on `port`, or one started now (with
+    `extra_args` added to `prefect server start`, e.g. `--workers 2`).
 
     Returns (api_url, started_here).
     """
@@ -107,7 +110,8 @@ def ensure_prefect_server(stack: Stack, port: int = DEFAULT_PREFECT_PORT, timeou
     env["PREFECT_UI_API_URL"] = api_url
     process = stack.start(
         "prefect-server",
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+         *(extra_args or [])],
         env,
     )
     deadline = time.monotonic() + timeout_s

@@ -16,9 +16,10 @@ import pytest
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import suspend_flow_run
 
-from deployments.inprocess import InProcessStarter, SharedSuspensionObserver
+from deployments.inprocess import ExecutionSlots, InProcessStarter, SharedSuspensionObserver
 
 TICKS: dict[str, int] = {}
 
@@ -90,3 +91,38 @@ def test_an_outside_suspension_stops_an_in_thread_run_through_the_shared_observe
     finally:
         on(loop, observer.__aexit__(None, None, None))
     assert prefect.flow_engine.observe_flow_run_suspension is prefects_own
+
+
+def _fake_run() -> FlowRun:
+    return FlowRun(flow_id=uuid.uuid4(), name=f"slot-{uuid.uuid4().hex[:6]}")
+
+
+def _enter(slots: ExecutionSlots, run: FlowRun, entered: list[uuid.UUID]) -> threading.Thread:
+    """A run's thread reaching Running: it waits in the hook for a slot, then records that it executes."""
+    def body() -> None:
+        slots.wait_for_slot(None, run, None)
+        entered.append(run.id)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_execution_slots_let_at_most_size_runs_execute_in_arrival_order():
+    slots, entered = ExecutionSlots(2), []
+    runs = [_fake_run() for _ in range(4)]
+    threads = []
+    for run in runs:
+        threads.append(_enter(slots, run, entered))
+        time.sleep(0.1)
+    assert entered == [runs[0].id, runs[1].id] and slots.busy == 2  # the others are Running, queued
+    slots.release(runs[0].id)  # a run ended or suspended
+    wait_until(lambda: len(entered) == 3, 5, "a queued run to take the slot")
+    assert entered[2] == runs[2].id and slots.busy == 2
+    slots.release(runs[1].id)
+    slots.release(runs[2].id)
+    for thread in threads:
+        thread.join(timeout=5)
+    assert entered == [r.id for r in runs]
+    slots.release(runs[3].id)
+    assert slots.busy == 0
