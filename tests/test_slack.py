@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -81,10 +80,11 @@ def test_slack_errors_are_sorted_into_permanent_and_transient(fake):
 
 def test_slow_answer_is_a_timeout(fake):
     fake.slow_next(2)
-    started = time.monotonic()
     with pytest.raises(TimeoutError):  # the idempotency guard records the outcome as unknown, never reposts
         notifier(fake, timeout_s=1).post(MESSAGE)
-    assert time.monotonic() - started < 1.9
+    # One attempt, abandoned at the client's timeout (the fake answers after 2 s). No timer here: the wait for
+    # the shared upsell-slack rate-limit slot before the post depends on the tests that posted just before.
+    assert len(fake.received) == 1
 
 
 @flow(name="slack-step-probe")

@@ -96,6 +96,8 @@ def test_reply_and_approval_links(receiver, runner):
     response = http.post(f"/links/{expired}")
     assert response.status_code == 410 and "expired" in response.text
     assert read_run(run_id).state.state_details.pause_key == "review"
+    waiting = get_status(http, payload["event_id"]).json()
+    assert waiting["run_state"] == "Suspended" and waiting["run_stage"] == "Waiting Reply"  # reply in, review due
 
     approve = http.post(f"/links/{_token(settings, run_id, 'review', review)}")
     assert approve.status_code == 200, approve.text

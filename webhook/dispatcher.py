@@ -15,10 +15,11 @@ import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from deployments.api import create_upsell_run, deployment_id_for
-from flows.models import UsageAlert, automation_level_for
+from flows.models import STAGE_ORDER, UsageAlert, automation_level_for
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus
 from webhook.settings import ReceiverSettings
 from webhook.store import ReceiverStore
@@ -320,11 +321,22 @@ class AlertDispatcher:
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"upsell-{alert.slug}"])),
                 sort=ArtifactSort.CREATED_DESC, limit=1,
             ))
+            events = await self._call(lambda: self.client.read_events(
+                filter=EventFilter(
+                    occurred=EventOccurredFilter(since=run.created or datetime.now(UTC)),
+                    event=EventNameFilter(prefix=["upsell."]),
+                    resource=EventResourceFilter(id=[f"upsell.opportunity.{alert.opportunity_id}"]),
+                ),
+                limit=1,
+            ))
         except (PrefectUnavailable, ObjectNotFound) as exc:
             status.run_error = str(exc) or type(exc).__name__
             return status
-        if artifacts and artifacts[0].description:
-            # publish_journal describes each artifact version as "Upsell <account>/<event>: <stage>" (the stage
-            # at the run's last wait or end)
-            status.run_stage = artifacts[0].description.rsplit(": ", 1)[-1]
+        # The stage: the latest of the run's stage event (emitted the moment a stage is reached, stored a
+        # moment later) and its artifact (republished at each wait and at the end, as "Upsell <a>/<e>: <stage>").
+        stages = [str(e.payload.get("stage")) for e in events.events[:1]]
+        stages += [a.description.rsplit(": ", 1)[-1] for a in artifacts[:1] if a.description]
+        order = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
+        known = [stage for stage in stages if stage in order]
+        status.run_stage = max(known, key=order.__getitem__) if known else None
         return status
