@@ -23,8 +23,8 @@ across its runs.
 Admission and execution are bounded separately. The runner's limit caps the runs in flight (threads); of
 those, at most `executing` run their flow body at once (`ExecutionSlots`): a run beyond that is Running in
 Prefect, its Running hook waits for a slot, in arrival order, and says so in the run's logs. A burst of
-alerts is then taken in within seconds, and the API is not flooded by hundreds of flow bodies at once: each
-start, resume and create keeps a short queue in front of it.
+alerts no longer waits Scheduled for a free thread, and the API is not flooded by hundreds of flow bodies at
+once, which would put every start, resume and create behind them.
 """
 
 from __future__ import annotations
@@ -245,14 +245,15 @@ class ExecutionSlots:
         with self._changed:
             if flow_run.id in self._holders:  # the engine entered Running again within one thread
                 return
-            busy = len(self._holders)
+            busy, ahead = len(self._holders), len(self._queue)
             self._queue.append(flow_run.id)
-        if busy >= self.size:
+        if busy >= self.size or ahead:
             get_run_logger_for(flow_run).info(
-                "Queued: %d flow runs are executing steps in this process (limit %d); this run starts when one"
-                " of them ends or waits",
+                "Queued: %d flow runs are executing steps in this process (limit %d), %d queued before this one;"
+                " it starts when a slot frees (a run ends or waits)",
                 busy,
                 self.size,
+                ahead,
             )
         with self._changed:
             while len(self._holders) >= self.size or self._queue[0] != flow_run.id:

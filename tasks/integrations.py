@@ -151,6 +151,7 @@ def load_blocks() -> dict[str, Block | None]:
         service = wanted.get((document.name or "", slug or ""))
         cls = classes.get(service) if service else None
         if service is not None and cls is not None:
+            # what `Block.load` does with the document it reads (Prefect has no public "from document" call)
             found[service] = cls._load_from_block_document(document)
     return found
 
