@@ -187,8 +187,9 @@ def serve(
         int | None, typer.Option(help="Max flow runs in flight (400 threads, 8 processes with --processes).")
     ] = None,
     executing: Annotated[
-        int, typer.Option(min=1, help="Of the runs in flight, how many execute steps at once; the others queue.")
-    ] = 8,
+        int | None,
+        typer.Option(min=1, help="Of the runs in flight, how many execute steps at once (8); the others queue."),
+    ] = None,
     processes: Annotated[
         bool, typer.Option("--processes", help="One Python process per flow run (Prefect's default) not threads.")
     ] = False,
@@ -196,8 +197,9 @@ def serve(
     """Serve the upsell, reply-timeouts and upsell-backfill deployments from this process (needs a Prefect API)."""
     from deployments.serve import main as serve_main
 
-    args = ["--sweep-interval", str(sweep_interval), "--executing", str(executing)]
+    args = ["--sweep-interval", str(sweep_interval)]
     args += ["--limit", str(limit)] if limit else []
+    args += ["--executing", str(executing)] if executing else []
     args += ["--processes"] if processes else []
     serve_main(args)
 
