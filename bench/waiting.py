@@ -8,7 +8,10 @@ It starts its own Prefect server (SQLite in a temporary PREFECT_HOME) on a free 
 2. burst: N signed alerts (unique event and account ids) -> alert-accepted to flow-running latency p50/p95;
 3. once all N are Suspended on "reply": processes still held (children of the runner), RSS of the runner
    before/after, growth of prefect.db (+ -wal) per waiting run;
-4. a burst of N "no" replies -> resume to Completed latency p50/p95, and how many ended `completed`.
+4. a burst of N "no" replies -> resume to Completed latency p50/p95, and how many ended `completed`;
+5. the floor (skip with --no-floor): steps 2 and 4 again with `bench/floor.py`'s flow, which takes the same
+   parameters and only suspends for the reply, through the same receiver settings and runner limits. It is
+   what Prefect's machinery alone costs on this machine; the upsell's latencies are also given as ratios to it.
 
 Every process it starts is stopped by PID at the end (also on Ctrl-C). Example:
 `.venv/bin/python bench/waiting.py --n 200 --poll 2`
@@ -186,6 +189,8 @@ class Tracked:
     end_time: float | None = None
     final_state: str | None = None
     outcome_status: str | None = None
+    #: server timestamps of the first segment's states, by state name (first of each): where the start went
+    first_states: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -304,6 +309,33 @@ async def wait_all_waiting(client: Any, url: str, items: list[Tracked], timeout_
             log(f"    {running}/{len(items)} started, {waiting}/{len(items)} waiting for the reply"
                 + (f", {len(unresolved)} still spooled in the receiver" if unresolved else ""))
         await asyncio.sleep(STATE_POLL_S)
+
+
+async def read_start_timelines(client: Any, items: list[Tracked]) -> None:
+    """Record, per run, when each state of its first segment was entered (server timestamps)."""
+    semaphore = asyncio.Semaphore(8)
+
+    async def one(item: Tracked) -> None:
+        async with semaphore:
+            states = await client.read_flow_run_states(uuid.UUID(item.flow_run_id))
+        for state in sorted(states, key=lambda s: s.timestamp):
+            item.first_states.setdefault(state.name, state.timestamp.timestamp())
+            if state.is_paused():
+                break
+
+    await asyncio.gather(*(one(i) for i in items if i.flow_run_id))
+
+
+def start_breakdown(items: list[Tracked]) -> list[tuple[str, list[float]]]:
+    """accepted -> Pending (created, then picked up by the runner) and Pending -> Running (the engine's start)."""
+    picked, started = [], []
+    for item in items:
+        pending, running = item.first_states.get("Pending"), item.first_states.get("Running")
+        if pending is not None and item.accepted_at:
+            picked.append(pending - item.accepted_at)
+        if pending is not None and running is not None:
+            started.append(running - pending)
+    return [("alert accepted -> Pending (runner picked it up)", picked), ("Pending -> Running", started)]
 
 
 async def resume_all(client: Any, items: list[Tracked], chunk: int) -> float:
@@ -443,6 +475,7 @@ async def run_batch(
         first_202 = min(i.accepted_at for i in items)
         timings["all_waiting_after_s"] = await wait_all_waiting(client, url, items, args.timeout, log) - first_202
         triggered = [i for i in items if i.flow_run_id]
+        await read_start_timelines(client, triggered)
         if between is not None:
             between()
         timings["reply_s"] = await resume_all(client, triggered, args.reply_chunk)
@@ -482,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                         "more needs --database postgres and --redis).")
     parser.add_argument("--executing", type=int, default=0,
                         help="deployments.serve --executing: flow bodies executing at once (0: its default).")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="Skip the floor: the same burst of bench/floor.py's flow, which only suspends for the "
+                        "reply (Prefect's own cost of an upsell-shaped run, the ratios' second baseline).")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary folder (database, logs).")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -589,6 +625,38 @@ def main(argv: list[str] | None = None) -> int:
         burst = Phase.of(items)
         after_resume_rss = rss_mb(runner.pid)
         peak_resume_children, peak_resume_rss = sampler.peak_children, sampler.peak_children_rss_mb
+        cpu_upsell = {name: cpu_seconds(process.pid) for name, process in stack.processes}
+        receiver.stop()
+        receiver = None
+
+        floor_items: list[Tracked] = []
+        floor_timings: dict[str, float] = {}
+        cpu_floor: dict[str, float] = {}
+        if not args.no_floor:
+            from bench.floor import DEPLOYMENT as FLOOR_DEPLOYMENT
+
+            log(f"Floor: {args.n} alerts of {FLOOR_DEPLOYMENT} (suspends for the reply, no steps), same receiver"
+                " settings, same runner limits; the upsell runner stopped")
+            runner.terminate()
+            runner.wait(timeout=30)
+            stack.processes = [(name, process) for name, process in stack.processes if process is not runner]
+            from deployments.serve import DEFAULT_EXECUTING as floor_default_executing
+
+            floor_env = base_env(api_url) | {"PREFECT_RUNNER_POLL_FREQUENCY": str(args.poll)}
+            stack.start("floor-runner", [
+                sys.executable, str(REPO / "bench" / "floor.py"),
+                "--executing", str(args.executing or floor_default_executing),
+                *(["--limit", str(args.runner_limit)] if args.runner_limit else []),
+            ], floor_env)
+            wait_for_deployments(api_url, [FLOOR_DEPLOYMENT], stack)
+            receiver = ReceiverThread(settings.model_copy(update={
+                "deployment_name": FLOOR_DEPLOYMENT, "receiver_db": work / "receiver-floor.db"})).start()
+            floor_items = new_items(args.n, "floor")
+            before_floor = {name: cpu_seconds(process.pid) for name, process in stack.processes}
+            floor_timings = asyncio.run(run_batch(receiver.url, api_url, floor_items, args, log))
+            cpu_floor = {name: cpu_seconds(process.pid) - before_floor.get(name, 0.0)
+                         for name, process in stack.processes if process.pid != runner.pid}
+        floor = Phase.of(floor_items)
 
         # ---- the figures
         n = args.n
@@ -610,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
         t50, t95 = percentile(burst.trigger, 50), percentile(burst.trigger, 95)
         r50, r95 = percentile(burst.resume, 50), percentile(burst.resume, 95)
         b_t, b_r = percentile(base.trigger, 50), percentile(base.resume, 50)
+        f_t50, f_t95 = percentile(floor.trigger, 50), percentile(floor.trigger, 95)
+        f_r50, f_r95 = percentile(floor.resume, 50), percentile(floor.resume, 95)
+        floor_breakdown = dict(start_breakdown(floor_items))
 
         rows = [
             ("alerts answered 202 (triggered + queued)", f"{answered}/{n}", "", f"{n}", ""),
@@ -620,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             ("alert accepted -> flow Running p95", fmt(t95), fmt(b_t), f"<= {TRIGGER_TARGET_P95_S:g} s "
              f"({verdict(t95, TRIGGER_TARGET_P95_S)})", ratio(t95, b_t)),
             ("alert accepted -> flow Running max", fmt(max(burst.trigger, default=None)), "", "", ""),
+            *((f"  {label} p50 / p95", f"{fmt(percentile(values, 50))} / {fmt(percentile(values, 95))}",
+               "", "", "") for label, values in start_breakdown(items)),
             ("first 202 -> all N waiting", fmt(timings.get("all_waiting_after_s"), digits=1),
              fmt(base_timings.get("all_waiting_after_s"), digits=1), "", ""),
             ("processes held by waiting runs", f"{waiting_figures.get('children', '-')}", "", "0 ("
@@ -652,8 +725,31 @@ def main(argv: list[str] | None = None) -> int:
              "", f"{n} / {n}", ""),
             ("'database is locked' errors in server log", f"{locked}", "", "0", ""),
         ]
-        headers = ("figure", f"burst N={n}", "baseline N=1", "target", "burst/base")
-        widths = [max(len(str(r[c])) for r in [headers, *rows]) for c in range(5)]
+        # the floor's figures next to the upsell's: same burst, same receiver and runner, a flow without steps
+        floor_completed = sum(1 for i in floor_items if i.final_state == "Completed")
+        floor_cells: dict[str, tuple[str, str]] = {
+            "runs Suspended on 'reply'": (f"{sum(1 for i in floor_items if i.waiting)}/{n}", ""),
+            "alert accepted -> flow Running p50": (fmt(f_t50), ratio(t50, f_t50)),
+            "alert accepted -> flow Running p95": (fmt(f_t95), ratio(t95, f_t95)),
+            "alert accepted -> flow Running max": (fmt(max(floor.trigger, default=None)), ""),
+            **{f"  {label} p50 / p95": (f"{fmt(percentile(values, 50))} / {fmt(percentile(values, 95))}", "")
+               for label, values in floor_breakdown.items()},
+            "first 202 -> all N waiting": (fmt(floor_timings.get("all_waiting_after_s"), digits=1),
+                                           ratio(timings.get("all_waiting_after_s"),
+                                                 floor_timings.get("all_waiting_after_s"))),
+            "reply -> Completed p50": (fmt(f_r50), ratio(r50, f_r50)),
+            "reply -> Completed p95": (fmt(f_r95), ratio(r95, f_r95)),
+            "reply -> Completed max": (fmt(max(floor.resume, default=None)), ""),
+            "first reply -> all N Completed": (fmt(floor_timings.get("all_final_after_s"), digits=1),
+                                               ratio(timings.get("all_final_after_s"),
+                                                     floor_timings.get("all_final_after_s"))),
+            "ended Completed / outcome 'completed'": (f"{floor_completed}/{n}", ""),
+        } if floor_items else {}
+        rows = [(r[0], r[1], r[2], floor_cells.get(r[0], ("", ""))[0], r[3], r[4], floor_cells.get(r[0], ("", ""))[1])
+                for r in rows]
+        headers = ("figure", f"burst N={n}", "baseline N=1", f"floor N={n}" if floor_items else "floor", "target",
+                   "burst/base", "burst/floor")
+        widths = [max(len(str(r[c])) for r in [headers, *rows]) for c in range(len(headers))]
         line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
         log("")
         log(f"Waiting benchmark: N={n}, Prefect server on {setup}, "
@@ -664,12 +760,15 @@ def main(argv: list[str] | None = None) -> int:
         log(line(["-" * w for w in widths]))
         for row in rows:
             log(line(row))
-        log("CPU seconds used by each process over the whole run: " + ", ".join(
-            f"{name} {cpu_seconds(process.pid):.0f}" for name, process in stack.processes)
-            + f", this process (receiver, clients) {sum(os.times()[:2]):.0f}")
+        log("CPU seconds used by each process until the upsell burst ended: " + ", ".join(
+            f"{name} {seconds:.0f}" for name, seconds in cpu_upsell.items()))
+        if cpu_floor:
+            log(f"CPU seconds used during the floor's burst ({n} runs): " + ", ".join(
+                f"{name} {seconds:.0f}" for name, seconds in cpu_floor.items()))
+        log(f"this process (receivers, clients): {sum(os.times()[:2]):.0f} CPU seconds")
         log("rows added per waiting run: " + ", ".join(f"{t} {c / n:.1f}" for c, t in top_rows))
         log(f"host load average at the end: {os.getloadavg()[0]:.1f} (other processes on the machine count too)")
-        problems = [(i.event_id, p) for i in [*base_items, *items] for p in i.problems]
+        problems = [(i.event_id, p) for i in [*base_items, *items, *floor_items] for p in i.problems]
         if problems:
             log(f"\n{len(problems)} problem(s):")
             for event_id, problem in problems[:20]:

@@ -136,7 +136,8 @@ class SharedSuspensionObserver:
     engine through Prefect's own registry (`mark_flow_run_suspension_requested`).
     """
 
-    def __init__(self, polling_interval: float = 10) -> None:
+    def __init__(self, polling_interval: float = 10, watch_start_timeout_s: float = WATCH_START_TIMEOUT_S) -> None:
+        self.watch_start_timeout_s = watch_start_timeout_s
         self._observer = FlowRunSuspendingObserver(
             on_suspended=self._on_suspended, polling_interval=polling_interval
         )
@@ -199,7 +200,7 @@ class SharedSuspensionObserver:
     def _watch(self, loop: asyncio.AbstractEventLoop, flow_run_id: UUID) -> Iterator[None]:
         started = asyncio.run_coroutine_threadsafe(self._observer.watch_flow_run_id(flow_run_id), loop)
         try:
-            started.result(timeout=WATCH_START_TIMEOUT_S)
+            started.result(timeout=self.watch_start_timeout_s)
         except Exception as exc:  # noqa: BLE001 - the run goes on; only an outside suspension goes unnoticed
             started.cancel()
             logger.warning("Flow run %s: suspension observer not ready (%s); the run goes on without it",

@@ -14,6 +14,7 @@ import anyio
 import prefect.flow_engine
 import pytest
 from prefect import flow, task
+from prefect._flow_run_suspension import FlowRunSuspensionRequest
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
@@ -91,6 +92,25 @@ def test_an_outside_suspension_stops_an_in_thread_run_through_the_shared_observe
     finally:
         on(loop, observer.__aexit__(None, None, None))
     assert prefect.flow_engine.observe_flow_run_suspension is prefects_own
+
+
+def test_a_run_goes_on_unobserved_when_the_serving_loop_does_not_answer(loop, caplog):
+    observer = SharedSuspensionObserver(watch_start_timeout_s=0.5)
+    on(loop, observer.__aenter__())
+    busy, loop_ran = threading.Event(), []
+    run_id = uuid.uuid4()
+    try:
+        observer.adopt(run_id)
+        loop.call_soon_threadsafe(busy.wait, 60)  # the serving process's loop is stuck for now
+        loop.call_soon_threadsafe(loop_ran.append, True)
+        with caplog.at_level("WARNING"), observer.observe(run_id, FlowRunSuspensionRequest()):
+            assert not loop_ran  # the run went on while the loop was still stuck
+            assert run_id not in observer.watched  # unobserved: an outside suspension would go unnoticed
+        assert f"Flow run {run_id}: suspension observer not ready" in caplog.text
+    finally:
+        busy.set()
+        observer.release(run_id)
+        on(loop, observer.__aexit__(None, None, None))
 
 
 def _fake_run() -> FlowRun:
