@@ -1,6 +1,7 @@
 """A throwaway redis-server for the benchmarks' Prefect server (`--redis`): Prefect's messaging, cache, causal
 ordering, lease storage and Docket on Redis (prefect-redis), as `deployments/scale.sh` runs it. With Redis the
-Prefect server can run several API worker processes (`prefect server start --workers N`, PostgreSQL only).
+Prefect server can run its background services as a process of their own (`prefect server services start`)
+and several API worker processes (`prefect server start --workers N`, PostgreSQL only, which starts no services).
 
 Named redis_server.py, not redis.py: the benchmarks run with bench/ first on sys.path, where a redis.py would
 shadow the redis package.

@@ -512,7 +512,12 @@ def main(argv: list[str] | None = None) -> int:
                         "and prefect-redis), as deployments/scale.sh runs it. Needed for --server-workers > 1.")
     parser.add_argument("--server-workers", type=int, default=1,
                         help="API worker processes of the Prefect server (prefect server start --workers; default 1; "
-                        "more needs --database postgres and --redis).")
+                        "more needs --database postgres and --redis, and implies --services-process).")
+    parser.add_argument("--services-process", action="store_true",
+                        help="Run the server's background services (event persister, task-run recorder, triggers, "
+                        "scheduler, ...) as their own process, `prefect server services start`, and the API with "
+                        "--no-services, as Prefect's scaling guide lays it out. Needs --redis. Prefect starts no "
+                        "services at all with --workers > 1, so --server-workers > 1 always does this.")
     parser.add_argument("--executing", type=int, default=0,
                         help="deployments.serve --executing: flow bodies executing at once (0: its default).")
     parser.add_argument("--no-floor", action="store_true",
@@ -524,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n must be at least 1")
     if args.server_workers > 1 and (args.database != "postgres" or not args.redis):
         parser.error("--server-workers > 1 needs --database postgres and --redis (Prefect's requirement)")
+    args.services_process = args.services_process or args.server_workers > 1
+    if args.services_process and not args.redis:
+        parser.error("--services-process needs --redis (the API and the services exchange events through it)")
 
     work = Path(tempfile.mkdtemp(prefix="upsell-bench-waiting-"))
     home = isolate_environment(work)
@@ -557,9 +565,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 first.stop()
         port = free_port()
-        setup = f"{args.database}{' + Redis' if args.redis else ''}, {args.server_workers} API worker(s)"
+        setup = (f"{args.database}{' + Redis' if args.redis else ''}, {args.server_workers} API worker(s)"
+                 + (" + a services process" if args.services_process else ""))
         log(f"Prefect server on port {port} ({setup}), PREFECT_HOME {home}")
-        api_url, _ = ensure_prefect_server(stack, port, extra_args=["--workers", str(args.server_workers)])
+        server_args = ["--workers", str(args.server_workers)] + (["--no-services"] if args.services_process else [])
+        api_url, _ = ensure_prefect_server(stack, port, extra_args=server_args)
+        if args.services_process:
+            services_env = base_env(api_url)
+            services_env.pop("PREFECT_API_URL")
+            stack.start("prefect-services", [sys.executable, "-m", "prefect", "server", "services", "start"],
+                        services_env)
         os.environ["PREFECT_API_URL"] = api_url  # before prefect is imported by this process
         runner = serve_deployments(stack, api_url, args.poll, args.runner_limit, args.executing)
         wait_for_deployments(api_url, DEPLOYMENTS, stack)
