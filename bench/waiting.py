@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
             before_floor = {name: cpu_seconds(process.pid) for name, process in stack.processes}
             floor_timings = asyncio.run(run_batch(receiver.url, api_url, floor_items, args, log))
             cpu_floor = {name: cpu_seconds(process.pid) - before_floor.get(name, 0.0)
-                         for name, process in stack.processes if process.pid != runner.pid}
+                         for name, process in stack.processes}
         floor = Phase.of(floor_items)
 
         # ---- the figures
