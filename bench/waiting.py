@@ -435,13 +435,8 @@ def verdict(value: float | None, target: float) -> str:
 
 def serve_deployments(stack: Stack, api_url: str, poll_s: int, limit: int, executing: int = 0) -> Any:
     """The runner as `upsell up` starts it; `limit` > 0 adds `--limit`, `executing` > 0 `--executing`."""
-    if not limit and not executing:
-        return start_runner(stack, api_url, sweep_interval_s=0, poll_s=poll_s)
-    env = base_env(api_url) | {"PREFECT_RUNNER_POLL_FREQUENCY": str(poll_s)}
-    args = ["-m", "deployments.serve", "--sweep-interval", "0"]
-    args += ["--limit", str(limit)] if limit else []
-    args += ["--executing", str(executing)] if executing else []
-    return stack.start("runner", [sys.executable, *args], env)
+    args = (["--limit", str(limit)] if limit else []) + (["--executing", str(executing)] if executing else [])
+    return start_runner(stack, api_url, sweep_interval_s=0, poll_s=poll_s, extra_args=args)
 
 
 def isolate_environment(work: Path) -> Path:
@@ -655,12 +650,10 @@ def main(argv: list[str] | None = None) -> int:
             runner.terminate()
             runner.wait(timeout=30)
             stack.processes = [(name, process) for name, process in stack.processes if process is not runner]
-            from deployments.serve import DEFAULT_EXECUTING as floor_default_executing
-
             floor_env = base_env(api_url) | {"PREFECT_RUNNER_POLL_FREQUENCY": str(args.poll)}
-            stack.start("floor-runner", [
+            stack.start("floor-runner", [  # bench/floor.py's defaults are deployments.serve's
                 sys.executable, str(REPO / "bench" / "floor.py"),
-                "--executing", str(args.executing or floor_default_executing),
+                *(["--executing", str(args.executing)] if args.executing else []),
                 *(["--limit", str(args.runner_limit)] if args.runner_limit else []),
             ], floor_env)
             wait_for_deployments(api_url, [FLOOR_DEPLOYMENT], stack)

@@ -125,14 +125,22 @@ def ensure_prefect_server(
 
 
 def start_runner(
-    stack: Stack, api_url: str, *, sweep_interval_s: int = 300, poll_s: int = 2, extra_env: dict[str, str] | None = None
+    stack: Stack,
+    api_url: str,
+    *,
+    sweep_interval_s: int = 300,
+    poll_s: int = 2,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Serve the deployments (`python -m deployments.serve`) in a child process."""
+    """Serve the deployments (`python -m deployments.serve`, with `extra_args` added) in a child process."""
     env = base_env(api_url)
     env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(poll_s)
     env.update(extra_env or {})
     return stack.start(
-        "runner", [sys.executable, "-m", "deployments.serve", "--sweep-interval", str(sweep_interval_s)], env
+        "runner",
+        [sys.executable, "-m", "deployments.serve", "--sweep-interval", str(sweep_interval_s), *(extra_args or [])],
+        env,
     )
 
 
