@@ -207,7 +207,7 @@ class EmailDraft(BaseModel):
 class EmailResult(BaseModel):
     """What became of the upsell email."""
 
-    status: Literal["sent", "already_sent", "unknown", "not_sent", "suppressed"]
+    status: Literal["sent", "already_sent", "unknown", "not_sent", "suppressed", "blocked"]
     message_id: str | None = None
     provider: str = ""
     detail: str = ""
@@ -225,6 +225,7 @@ class SlackResult(BaseModel):
     ts: str | None = None
     provider: str = ""
     error: str | None = None
+    withheld: str = Field(default="", description="Why the summary failed the safety check (a notice went instead).")
 
 
 class Meeting(BaseModel):

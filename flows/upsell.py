@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.input import RunInput
@@ -34,6 +34,7 @@ from flows.models import (
     automation_level_for,
 )
 from tasks.ask_claude_for_plan import ask_claude_for_plan
+from tasks.content.untrusted import UnsafeData
 from tasks.create_zoom_meeting import create_zoom_meeting
 from tasks.email_message import text_to_html
 from tasks.fetch_contract import fetch_contract
@@ -159,6 +160,43 @@ def upsell(
         raise
 
 
+def stop_for_review(journal: Journal, level: AutomationLevel, standins: list[str], reason: str) -> UpsellOutcome:
+    """End the upsell `needs_review` before any message: the opportunity is logged with the reason for a human."""
+    alert = journal.alert
+    get_run_logger().warning("Upsell for event %s needs review: %s", alert.event_id, reason)
+    opportunity_id = log_opportunity(
+        Opportunity(
+            opportunity_id=alert.opportunity_id,
+            event_id=alert.event_id,
+            account_id=alert.account_id,
+            metric_type=alert.metric_type,
+            automation_level=level,
+            status=UpsellStatus.NEEDS_REVIEW,
+            recommended_plan="",
+            estimated_value=0.0,
+            planner="none",
+            reply=CustomerReply.NO_REPLY,
+            reviewer_note=reason,
+            flow_run_id=str(flow_run.get_id()),
+            occurred_at=alert.occurred_at,
+        )
+    )
+    journal.reach(UpsellStage.COMPLETED, status=UpsellStatus.NEEDS_REVIEW.value, reason=reason)
+    journal.publish()
+    return UpsellOutcome(
+        status=UpsellStatus.NEEDS_REVIEW,
+        event_id=alert.event_id,
+        account_id=alert.account_id,
+        automation_level=level,
+        email_sent=False,
+        email_status="not_sent",
+        opportunity_id=opportunity_id,
+        reviewer_note=reason,
+        standins=standins,
+        timings=collect_timings(),
+    )
+
+
 def run_upsell(
     journal: Journal,
     automation_level: AutomationLevel | None,
@@ -175,16 +213,19 @@ def run_upsell(
     standins = announce_integrations(log=not journal.replaying)
     journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
 
-    usage = journal.step("usage", UsageData, lambda: fetch_usage(alert))
-    contract = journal.step("contract", ContractData, lambda: fetch_contract(alert.account_id))
-    journal.reach(
-        UpsellStage.FETCHING_DATA,
-        current_plan=contract.current_plan,
-        usage=usage.current_usage,
-        over_threshold=f"{usage.threshold_exceeded:.0%}",
-        trend=usage.usage_trend,
-    )
-    planned = journal.step("plan", PlanResult, lambda: ask_claude_for_plan(usage, contract))
+    try:  # data that cannot be made safe stops the upsell here, before anything is written to anyone
+        usage = journal.step("usage", UsageData, lambda: fetch_usage(alert))
+        contract = journal.step("contract", ContractData, lambda: fetch_contract(alert.account_id))
+        journal.reach(
+            UpsellStage.FETCHING_DATA,
+            current_plan=contract.current_plan,
+            usage=usage.current_usage,
+            over_threshold=f"{usage.threshold_exceeded:.0%}",
+            trend=usage.usage_trend,
+        )
+        planned = journal.step("plan", PlanResult, lambda: ask_claude_for_plan(usage, contract))
+    except UnsafeData as exc:
+        return stop_for_review(journal, level, standins, f"stopped before any message: {exc}")
     plan = planned.plan
     journal.reach(
         UpsellStage.AI_ANALYSIS,
@@ -299,18 +340,22 @@ def run_upsell(
         return SlackResult(posted=False, error=str(state.message or state.name))
 
     slack = journal.step("slack", SlackResult, post_summary)
-    journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error)
+    journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error, withheld=slack.withheld or None)
+    if slack.withheld and level is AutomationLevel.FULL_AUTOMATION:
+        level = AutomationLevel.HYBRID  # the summary failed the safety check: a human reviews before the final steps
 
-    if email.status == "unknown":
+    if email.status in ("unknown", "blocked"):
+        why = "email outcome unknown" if email.status == "unknown" else "email withheld by the safety check"
         return finish(
             UpsellStatus.NEEDS_REVIEW,
             email=email,
             slack_posted=slack.posted,
+            reviewer_note=f"{why}: {email.detail}",
             log=opportunity(
                 UpsellStatus.NEEDS_REVIEW,
                 CustomerReply.NO_REPLY,
                 email,
-                reviewer_note=f"email outcome unknown: {email.detail}",
+                reviewer_note=f"{why}: {email.detail}",
             ),
         )
 
@@ -333,7 +378,8 @@ def run_upsell(
             OpportunityReview,
             approval_timeout,
             settings,
-            f"Customer replied **{reply.value}**. Approve the upsell to {plan.recommended_plan}"
+            ("The Slack summary was withheld by the safety check. " if slack.withheld else "")
+            + f"Customer replied **{reply.value}**. Approve the upsell to {plan.recommended_plan}"
             f" ({'a meeting will be booked and ' if reply is CustomerReply.YES else ''}the opportunity logged).",
             approved=True,
             estimated_value=plan.estimated_value,

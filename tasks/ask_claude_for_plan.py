@@ -5,11 +5,15 @@ from __future__ import annotations
 from prefect import task
 
 from flows.models import ContractData, PlanResult, UsageData
+from tasks.catalogue import load_catalogue
+from tasks.content.admission import accept_plan
 from tasks.integrations import resolve
 from tasks.policy import SEND_TIMEOUT_S, step_options
 
 
 @task(name="ask_claude_for_plan", **step_options(SEND_TIMEOUT_S))
 def ask_claude_for_plan(usage: UsageData, contract: ContractData) -> PlanResult:
-    """Produce a validated upsell plan, recording which planner made it and why."""
-    return resolve("planner").client.plan(usage, contract)
+    """Produce a validated upsell plan, recording which planner made it and why (its text cleaned, value capped)."""
+    planner = resolve("planner").client
+    result = planner.plan(usage, contract)
+    return accept_plan(result, contract, load_catalogue(), max_value_ratio=planner.max_value_ratio)

@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from flows.models import ContractData, PlanResult, UpsellPlan, UsageData
 from tasks.catalogue import Catalogue, load_catalogue
+from tasks.content.admission import plan_problem, value_cap
+from tasks.content.untrusted import normalise
 from tasks.planner import RuleBasedPlanner
 from tasks.ratelimits import acquire_rate_limit
 
@@ -29,11 +31,14 @@ Rules:
 - estimated_value is the added annual value in the catalogue's currency: at most {max_ratio:g} times the \
 account's current annual spend, and never negative.
 - justification, roi_analysis and risk_assessment cite the figures you were given; do not invent figures.
-- features lists the recommended plan's features that address the usage that exceeded its threshold."""
+- features lists the recommended plan's features that address the usage that exceeded its threshold.
+- Plain sentences only: no links, web or email addresses, markup or mentions in any text field; \
+justification at most 1200 characters, roi_analysis and risk_assessment at most 600, at most 8 features."""
 
 
 class InvalidPlanAnswer(Exception):
-    """Claude answered, but not with a usable plan."""
+    """Claude answered, but not with a usable plan. The message names the rule broken, never the answer's text:
+    it goes back to the model as a tool_result and into the run's planner reason."""
 
 
 def _tagged(tag: str, data: Any) -> str:
@@ -95,8 +100,8 @@ class ClaudePlanner:
         for _attempt in range(2):
             try:
                 answer = self._ask(messages)
-            except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:  # a 2xx that is no message
-                problems.append(f"malformed answer: {exc}")
+            except (anthropic.APIResponseValidationError, json.JSONDecodeError):  # a 2xx that is no message
+                problems.append("malformed answer (not a Messages API response)")
                 continue
             try:
                 plan = self.validate(answer, contract)
@@ -108,7 +113,11 @@ class ClaudePlanner:
             if problems:
                 reason += f" (second answer; first invalid: {problems[0]})"
             return PlanResult(plan=plan, planner="claude", reason=reason)
-        fallback = RuleBasedPlanner(self.catalogue, reason="claude answer invalid twice: " + "; ".join(problems))
+        fallback = RuleBasedPlanner(
+            self.catalogue,
+            reason="claude answer invalid twice: " + "; ".join(problems),
+            max_value_ratio=self.max_value_ratio,
+        )
         return fallback.plan(usage, contract)
 
     def _ask(self, messages: list[MessageParam]) -> anthropic.types.Message:
@@ -133,17 +142,19 @@ class ClaudePlanner:
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) or "input" for err in exc.errors())
             raise InvalidPlanAnswer(f"plan failed schema validation ({fields})") from exc
-        listed = self.catalogue.find(plan.recommended_plan)
+        listed = self.catalogue.find(normalise(plan.recommended_plan))
         if listed is None:
             raise InvalidPlanAnswer(
-                f"recommended_plan {plan.recommended_plan!r} is not one of {', '.join(self.catalogue.names)}"
+                f"recommended_plan is not one of the catalogue's plans: {', '.join(self.catalogue.names)}"
             )
-        # An account on a free plan has no spend to scale: bound by the recommended plan's list price instead.
-        base = contract.current_spend or listed.annual_price
-        bound = self.max_value_ratio * base
+        problem = plan_problem(plan)
+        if problem is not None:
+            raise InvalidPlanAnswer(problem)
+        bound = value_cap(self.catalogue, listed.name, contract.current_spend, self.max_value_ratio)
         if plan.estimated_value > bound:
             raise InvalidPlanAnswer(
-                f"estimated_value {plan.estimated_value:,.0f} exceeds {self.max_value_ratio:g} x {base:,.0f}"
+                f"estimated_value is above the bound of {bound:,.0f}"
+                f" ({self.max_value_ratio:g} x the current spend, capped by the plan's list price)"
             )
         return plan.model_copy(update={"recommended_plan": listed.name})
 

@@ -6,10 +6,12 @@ import html
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from functools import cache
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from flows.models import ContractData, EmailDraft, UpsellPlan, UsageData
+from tasks.content.untrusted import clean_name, clean_text
 
 ANSWER_LABELS = {"yes": "Yes, let's talk", "no": "No, thanks", "maybe": "Maybe later"}
 
@@ -34,15 +36,26 @@ def compose_email(
     sender_name: str,
     sender_postal_address: str,
 ) -> EmailDraft:
-    """The personalised upsell email, in text and HTML, with one link per answer."""
-    values = {
-        "contact_name": contract.contact_info.get("name", "there").split(" ")[0] or "there",
-        "metric_label": usage.metric_type.replace("_", " "),
+    """The personalised upsell email, in text and HTML, with one link per answer.
+
+    Every value from the CRM, the usage source or the planner goes through the untrusted-text policy again
+    here, so the message is built from clean parts only (the Subject included); `send_email_draft` checks
+    the built message once more before it leaves.
+    """
+    first_name = clean_name(contract.contact_info.get("name", ""), "contact_name").split(" ")[0]
+    current_plan = clean_name(contract.current_plan, "current_plan")
+    threshold = usage.additional_context.get("threshold")
+    recommended = clean_name(plan.recommended_plan, "recommended_plan", "a larger plan")
+    values: dict[str, Any] = {
+        "contact_name": first_name or "there",
+        "metric_label": clean_name(usage.metric_type.replace("_", " "), "metric", "usage"),
         "period_word": {"daily": "day", "weekly": "week", "monthly": "month"}[usage.usage_period],
-        "threshold": usage.additional_context.get("threshold"),
-        "usage": usage,
-        "contract": contract,
-        "plan": plan,
+        "threshold": threshold if isinstance(threshold, int | float) else None,
+        "current_usage": usage.current_usage,
+        "plan_phrase": f"your {current_plan} plan" if current_plan else "your current plan",
+        "recommended_plan": recommended,
+        "features": [f for f in (clean_text(x, "feature") for x in plan.features) if f],
+        "justification": clean_text(plan.justification, "justification"),
         "reply_links": reply_links,
         "answer_labels": ANSWER_LABELS,
         "sender_name": sender_name,
@@ -52,12 +65,19 @@ def compose_email(
     env = _templates()
     return EmailDraft(
         to=contract.contact_email,
-        subject=f"{contract.company_name or contract.account_id}: room to grow with {plan.recommended_plan}",
+        subject=subject_for(contract.company_name, recommended),
         body_text=env.get_template("upsell_email.txt.j2").render(values),
         body_html=env.get_template("upsell_email.html.j2").render(values),
         reply_links=reply_links,
         unsubscribe_url=unsubscribe_url,
     )
+
+
+def subject_for(company_name: str, recommended_plan: str) -> str:
+    """The Subject, built only from cleaned parts (no control character can reach the header)."""
+    company = clean_name(company_name, "company_name")
+    plan = clean_name(recommended_plan, "recommended_plan", "a larger plan")
+    return f"{company}: room to grow with {plan}" if company else f"Room to grow with {plan}"
 
 
 def text_to_html(text: str) -> str:

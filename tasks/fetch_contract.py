@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from prefect import task
+from pydantic import ValidationError
 
 from flows.models import ContractData
+from tasks.content.admission import accept_contract, malformed
 from tasks.integrations import resolve
 from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.settings import get_settings
 
 
 @task(name="fetch_contract", **step_options(FETCH_TIMEOUT_S))
 def fetch_contract(account_id: str) -> ContractData:
-    """Fetch the account's contract and contact from the CRM."""
-    return resolve("crm").client.fetch_contract(account_id)
+    """Fetch the account's contract and contact from the CRM (one validated recipient, text cleaned)."""
+    try:
+        contract = resolve("crm").client.fetch_contract(account_id)
+    except ValidationError as exc:  # a malformed answer: the upsell stops for a human, not retried
+        raise malformed(exc, "contract") from None
+    return accept_contract(contract, account_id, max_spend=get_settings().max_contract_spend)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from prefect import task
+from pydantic import ValidationError
 
 from flows.models import UsageAlert, UsageData
+from tasks.content.admission import accept_usage, malformed
 from tasks.integrations import resolve
 from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.settings import get_settings
 
 
 @task(name="fetch_usage", **step_options(FETCH_TIMEOUT_S))
 def fetch_usage(alert: UsageAlert) -> UsageData:
-    """Fetch current usage of the alert's metric from the usage source."""
-    return resolve("usage").client.fetch_usage(alert)
+    """Fetch current usage of the alert's metric from the usage source (identity from the alert, numbers checked)."""
+    try:
+        usage = resolve("usage").client.fetch_usage(alert)
+    except ValidationError as exc:  # a malformed answer: the upsell stops for a human, not retried
+        raise malformed(exc, "usage") from None
+    return accept_usage(usage, alert, max_value=get_settings().max_usage_value)

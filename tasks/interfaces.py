@@ -40,6 +40,8 @@ class CrmSource(Protocol):
 class Planner(Protocol):
     """Turns usage and contract into an upsell plan."""
 
+    max_value_ratio: float  # the plan's value is at most this many times the spend (and the list price)
+
     def plan(self, usage: UsageData, contract: ContractData) -> PlanResult: ...
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from flows.models import ContractData, PlanResult, UpsellPlan, UsageData
 from tasks.catalogue import Catalogue, load_catalogue
 
+#: An upsell is worth at most this many times the account's spend (and the plan's list price).
+DEFAULT_VALUE_RATIO = 3.0
 #: Share of the next tier's price added per 100 % of usage growth (growth is capped at 100 %).
 GROWTH_WEIGHT = 0.25
 PERIOD_WORD = {"daily": "day", "weekly": "week", "monthly": "month"}
@@ -13,9 +15,15 @@ PERIOD_WORD = {"daily": "day", "weekly": "week", "monthly": "month"}
 class RuleBasedPlanner:
     """Next plan tier from the catalogue; value from current spend and usage growth; numbers cited."""
 
-    def __init__(self, catalogue: Catalogue | None = None, reason: str = "no Anthropic block configured") -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue | None = None,
+        reason: str = "no Anthropic block configured",
+        max_value_ratio: float = DEFAULT_VALUE_RATIO,
+    ) -> None:
         self.catalogue = catalogue or load_catalogue()
         self.reason = reason
+        self.max_value_ratio = max_value_ratio
 
     def __repr__(self) -> str:
         return "RuleBasedPlanner(catalogue tiers: " + ", ".join(self.catalogue.names) + ")"
@@ -37,7 +45,8 @@ class RuleBasedPlanner:
             + (f" against a threshold of {float(threshold):,.0f}" if threshold is not None else "")
             + f" ({over_pct:.0f}% over), {usage.usage_trend} {usage.growth_rate * 100:.0f}% per"
             f" {PERIOD_WORD[usage.usage_period]}. The account pays"
-            f" {currency} {contract.current_spend:,.0f}/yr on {contract.current_plan}; {target.name} lists at"
+            f" {currency} {contract.current_spend:,.0f}/yr on {contract.current_plan or 'its current plan'};"
+            f" {target.name} lists at"
             f" {currency} {target.annual_price:,.0f}/yr."
         )
         roi = (

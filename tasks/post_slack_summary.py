@@ -7,18 +7,25 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 
 from flows.models import AutomationLevel, ContractData, EmailResult, PlanResult, SlackResult, UsageAlert
+from tasks.content.outgoing import allowed_links, mrkdwn, slack_problems
+from tasks.content.untrusted import clean_name, clean_text
 from tasks.integrations import resolve
 from tasks.interfaces import SlackPost
 from tasks.once import run_once
 from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.settings import get_settings
 
 SLACK_STEP = "post_slack_summary"
 
 
+def ui_base_url() -> str:
+    """The Prefect UI's base URL (PREFECT_UI_URL, else the local server's default)."""
+    return (PREFECT_UI_URL.value() or "http://127.0.0.1:4200").rstrip("/")
+
+
 def run_url(flow_run_id: str) -> str:
     """The flow run's page in the Prefect UI."""
-    base = (PREFECT_UI_URL.value() or "http://127.0.0.1:4200").rstrip("/")
-    return f"{base}/runs/flow-run/{flow_run_id}"
+    return f"{ui_base_url()}/runs/flow-run/{flow_run_id}"
 
 
 def build_summary(
@@ -30,29 +37,46 @@ def build_summary(
     run_link: str,
     decision_links: dict[str, str],
 ) -> SlackPost:
-    """Block Kit summary: account, plan, value, the run in the Prefect UI, and decision links if any."""
+    """Block Kit summary: account, plan, value, the run in the Prefect UI, and decision links if any.
+
+    Every data value is cleaned by the untrusted-text policy and escaped for mrkdwn, so no link, mention or
+    channel ping can be formed from data; the only links are the run's page and the signed decision links.
+    """
     value = f"${plan.plan.estimated_value:,.0f}/yr"
-    text = (
-        f"Upsell for {contract.company_name or alert.account_id} ({alert.account_id}): "
-        f"{contract.current_plan} -> {plan.plan.recommended_plan}, est. {value} [{level.value}]"
-    )
+    account = mrkdwn(clean_name(alert.account_id, "company_name", "the account"))
+    company = mrkdwn(clean_name(contract.company_name, "company_name")) or account
+    current = mrkdwn(clean_name(contract.current_plan, "current_plan", "current plan"))
+    recommended = mrkdwn(clean_name(plan.plan.recommended_plan, "recommended_plan", "a larger plan"))
+    metric = mrkdwn(clean_name(alert.metric_type, "metric", "usage"))
+    text = f"Upsell for {company} ({account}): {current} → {recommended}, est. {value} [{level.value}]"
     blocks: list[dict] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Upsell opportunity: {alert.account_id}"}},
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": f"Upsell opportunity: {clean_name(alert.account_id, 'company_name')}",
+            },
+        },
         {
             "type": "section",
             "fields": [
-                {"type": "mrkdwn", "text": f"*Account*\n{contract.company_name or alert.account_id}"},
-                {"type": "mrkdwn", "text": f"*Plan*\n{contract.current_plan} → {plan.plan.recommended_plan}"},
+                {"type": "mrkdwn", "text": f"*Account*\n{company}"},
+                {"type": "mrkdwn", "text": f"*Plan*\n{current} → {recommended}"},
                 {"type": "mrkdwn", "text": f"*Estimated value*\n{value}"},
                 {"type": "mrkdwn", "text": f"*Automation*\n{level.value}"},
-                {"type": "mrkdwn", "text": f"*Trigger*\n{alert.metric_type} ({alert.severity.value})"},
+                {"type": "mrkdwn", "text": f"*Trigger*\n{metric} ({alert.severity.value})"},
                 {"type": "mrkdwn", "text": f"*Email*\n{email.status}"},
             ],
         },
-        {"type": "section", "text": {"type": "mrkdwn", "text": plan.plan.justification[:2900]}},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": mrkdwn(clean_text(plan.plan.justification, "justification"))},
+        },
         {
             "type": "context",
-            "elements": [{"type": "mrkdwn", "text": f"Planner: {plan.planner} · <{run_link}|Open run in Prefect>"}],
+            "elements": [
+                {"type": "mrkdwn", "text": f"Planner: {mrkdwn(plan.planner)} · <{run_link}|Open run in Prefect>"}
+            ],
         },
     ]
     if decision_links:
@@ -73,6 +97,16 @@ def build_summary(
     return SlackPost(text=text, blocks=blocks)
 
 
+def build_withheld_notice(alert: UsageAlert, run_link: str, problems: list[str]) -> SlackPost:
+    """What goes to Slack instead of a summary that failed the safety check: trusted parts only, and why."""
+    account = mrkdwn(clean_name(alert.account_id, "company_name", "an account"))
+    text = (
+        f"Upsell summary for {account} withheld by the safety check ({mrkdwn('; '.join(problems))})."
+        f" A human decides before the upsell goes on: <{run_link}|Open run in Prefect>"
+    )
+    return SlackPost(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}])
+
+
 @task(name="post_slack_summary", **step_options(FETCH_TIMEOUT_S))
 def post_slack_summary(
     alert: UsageAlert,
@@ -84,7 +118,15 @@ def post_slack_summary(
 ) -> SlackResult:
     """Tell the sales team about the upsell, once per event."""
     logger = get_run_logger()
-    message = build_summary(alert, level, contract, plan, email, run_url(str(flow_run.get_id())), decision_links)
+    link = run_url(str(flow_run.get_id()))
+    allowed = allowed_links(get_settings().public_base_url, ui_base_url())
+    message = build_summary(alert, level, contract, plan, email, link, decision_links)
+    withheld = slack_problems(message.text, message.blocks, allowed)
+    if withheld:  # the summary is not sent; a notice built from trusted parts tells the team why
+        logger.warning("Slack summary for event %s withheld by the safety check: %s", alert.event_id, withheld)
+        message = build_withheld_notice(alert, link, withheld)
+        if slack_problems(message.text, message.blocks, allowed):
+            return SlackResult(posted=False, error="summary and notice withheld", withheld="; ".join(withheld))
     notifier = resolve("slack").client
     store = resolve("store").client
     try:
@@ -94,10 +136,13 @@ def post_slack_summary(
     finally:
         store.close()
     provider = type(notifier).__name__
+    reason = "; ".join(withheld)
     if done.status == "unknown":
-        return SlackResult(posted=False, provider=provider, error=done.detail)
+        return SlackResult(posted=False, provider=provider, error=done.detail, withheld=reason)
     result = done.result or {}
     logger.info(
         "Slack summary %s in %s", "posted" if done.status == "done" else "already posted", result.get("channel")
     )
-    return SlackResult(posted=True, channel=result.get("channel", ""), ts=result.get("ts"), provider=provider)
+    return SlackResult(
+        posted=True, channel=result.get("channel", ""), ts=result.get("ts"), provider=provider, withheld=reason
+    )

@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows.models import ContractData, EmailDraft, EmailResult, UpsellPlan, UsageAlert, UsageData
+from tasks.content.outgoing import allowed_links, email_problems
 from tasks.email_message import compose_email
 from tasks.integrations import resolve
 from tasks.links import LinkToken, link_for
@@ -63,8 +64,17 @@ def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, pla
 
 @task(name="send_email_draft", **step_options(SEND_TIMEOUT_S))
 def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
-    """Send the email once per event: a retry, a resume or a re-run never sends it again."""
+    """Check the email, then send it once per event: a retry, a resume or a re-run never sends it again.
+
+    The final check runs on the message as it will leave (after any reviewer edit): a message with a link
+    that is not the product's own, more than one recipient or a dirty header is not sent (status `blocked`),
+    and the flow hands the upsell to a human with the problems found.
+    """
     logger = get_run_logger()
+    problems = email_problems(draft, allowed_links(get_settings().public_base_url))
+    if problems:
+        logger.warning("Email for event %s withheld by the safety check: %s", alert.event_id, "; ".join(problems))
+        return EmailResult(status="blocked", detail="; ".join(problems))
     store = resolve("store").client
     try:
         if store.is_suppressed(draft.to):

@@ -42,6 +42,12 @@ class UpsellSettings(BaseSettings):
     sender_name: str = "Upsell Team"
     sender_postal_address: str = "Example Corp, 1 Market Street, San Francisco, CA 94105"
     meeting_lead_time_h: float = Field(default=48.0, ge=0)
+    max_usage_value: float = Field(
+        default=1e12, gt=0, description="Usage figures from the source above this stop the upsell for review."
+    )
+    max_contract_spend: float = Field(
+        default=1e9, gt=0, description="A contract spend from the CRM above this stops the upsell for review."
+    )
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> UpsellSettings:

@@ -179,8 +179,8 @@ class HttpUsageClient:
         body = _mapped(
             _get_json(self.client, f"/usage/{alert.account_id}", {"metric": alert.metric_type}), self.field_mapping
         )
-        if "current_usage" in body:  # already in our shape
-            return UsageData.model_validate({"account_id": alert.account_id, "metric_type": alert.metric_type, **body})
+        if "current_usage" in body:  # already in our shape; identity stays the alert's, whatever the source says
+            return UsageData.model_validate({**body, "account_id": alert.account_id, "metric_type": alert.metric_type})
         raw = RawUsage.model_validate(body)  # a malformed answer is a ValidationError: not retried
         previous = raw.previous if raw.previous is not None else raw.current
         return build_usage(

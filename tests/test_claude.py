@@ -82,11 +82,13 @@ def test_invalid_answer_is_retried_once_with_the_error_fed_back(fake):
     result = planner(fake).plan(*account())
 
     assert result.planner == "claude"
-    assert "first invalid: recommended_plan 'Platinum Galaxy' is not one of" in result.reason
+    assert "first invalid: recommended_plan is not one of the catalogue's plans" in result.reason
+    assert "Platinum Galaxy" not in result.reason  # the rule is named, the answer's text is never quoted
     assert len(fake.received) == 2
     retry = fake.received[1].body["messages"]
     assert retry[1]["role"] == "assistant" and retry[1]["content"][0]["type"] == "tool_use"
     assert retry[2]["content"][0]["type"] == "tool_result" and retry[2]["content"][0]["is_error"] is True
+    assert "Platinum Galaxy" not in retry[2]["content"][0]["content"]
 
 
 def test_invalid_twice_falls_back_to_the_rule_based_planner(fake):
@@ -94,7 +96,8 @@ def test_invalid_twice_falls_back_to_the_rule_based_planner(fake):
     result = planner(fake).plan(*account())
 
     assert result.planner == "rule-based"
-    assert result.reason.startswith("claude answer invalid twice: estimated_value 10,000,000 exceeds 3 x 30,000")
+    assert result.reason.startswith("claude answer invalid twice: estimated_value is above the bound of 90,000 (3 x")
+    assert "10,000,000" not in result.reason
     assert result.plan.recommended_plan == "Professional"  # the rule-based next tier above Growth
     assert len(fake.received) == 2
 

@@ -46,6 +46,8 @@ class FakeAnthropic(FakeControl):
     def __init__(self) -> None:
         super().__init__()
         self.plan: dict[str, Any] = dict(DEFAULT_PLAN)
+        #: marker -> plan: a request whose first message contains the marker (say an account id) gets that plan
+        self.plans_for: dict[str, dict[str, Any]] = {}
         self.api_key = "sk-ant-fake"  # the SDK sends it as x-api-key or as a bearer token, depending on version
         self.app = self._build_app()
 
@@ -61,7 +63,8 @@ class FakeAnthropic(FakeControl):
             body = await request.json()
             self.record("POST", request.url.path, dict(request.headers), dict(request.query_params), body)
             fault = self.take_fault()
-            plan = self.plan
+            first = str(body["messages"][0]["content"])
+            plan = next((p for marker, p in self.plans_for.items() if marker in first), self.plan)
             if fault is not None:
                 if fault.kind == "rate_limit":
                     return _error(429, "rate limited", {"retry-after": f"{fault.retry_after:g}"})

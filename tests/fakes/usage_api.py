@@ -30,8 +30,9 @@ class UsageApiState:
     """What the fake serves and how it misbehaves; tests change it between calls."""
 
     token: str = "usage-token"
-    usage: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (account, metric) -> body
-    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (account, metric) -> body; a str body is sent as it is (JSON with NaN or Infinity, say)
+    usage: dict[tuple[str, str], dict[str, Any] | str] = field(default_factory=dict)
+    contracts: dict[str, dict[str, Any] | str] = field(default_factory=dict)
     fail_500: int = 0  # answer 500 to the next N requests
     throttle_429: int = 0  # answer 429 with Retry-After to the next N requests
     retry_after_s: int = 1
@@ -53,6 +54,10 @@ class UsageApiState:
     def requests_to(self, prefix: str) -> list[Seen]:
         with self.lock:
             return [s for s in self.seen if s.path.startswith(prefix)]
+
+
+def _answer(body: dict[str, Any] | str) -> Response:
+    return Response(body, media_type="application/json") if isinstance(body, str) else JSONResponse(body)
 
 
 def create_app(state: UsageApiState) -> FastAPI:
@@ -93,7 +98,7 @@ def create_app(state: UsageApiState) -> FastAPI:
         body = state.usage.get((account_id, metric))
         if body is None:
             return JSONResponse({"error": f"no usage for {account_id}/{metric}"}, status_code=404)
-        return JSONResponse(body)
+        return _answer(body)
 
     @app.get("/contracts/{account_id}")
     async def contract(account_id: str, request: Request) -> Response:
@@ -102,6 +107,6 @@ def create_app(state: UsageApiState) -> FastAPI:
         body = state.contracts.get(account_id)
         if body is None:
             return JSONResponse({"error": f"no contract for {account_id}"}, status_code=404)
-        return JSONResponse(body)
+        return _answer(body)
 
     return app
