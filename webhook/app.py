@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -19,13 +19,12 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL
 from pydantic import ValidationError
 
 from deployments.api import WAIT_INPUTS, NotWaitingError, UpsellRequestError, resume_wait, validate_wait_input
-from tasks.integrations import resolve
 from tasks.links import InvalidToken, LinkToken, verify_token
-from webhook.dispatcher import AlertDispatcher, PrefectUnavailable, is_unavailable
+from webhook.dispatcher import AlertDispatcher, PrefectUnavailable
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus, ErrorAnswer, Health, non_finite_path
 from webhook.pages import confirm_form, describe, page
 from webhook.settings import ReceiverSettings
@@ -46,14 +45,6 @@ class Refused(Exception):
         self.answer = ErrorAnswer(error=error, field=field, detail=detail, errors=errors or [])
 
 
-class PageRefused(Exception):
-    """A link request answered with an HTML page (links are opened by people, not programs)."""
-
-    def __init__(self, response: Response) -> None:
-        super().__init__(response.status_code)
-        self.response = response
-
-
 # ---- dependencies (each overridable with app.dependency_overrides) ----
 
 
@@ -69,27 +60,9 @@ def get_dispatcher(request: Request) -> AlertDispatcher:
     return request.app.state.dispatcher
 
 
-def get_suppressions(settings: Annotated[ReceiverSettings, Depends(get_settings)]) -> Iterator[Any]:
-    """The opportunity store the flow checks before every send (SQLite stand-in or the saved block)."""
-    updates = {PREFECT_API_URL: settings.prefect_api_url} if settings.prefect_api_url else {}
-    try:
-        with temporary_settings(updates=updates):
-            store = resolve("store", settings).client  # looks up the saved store block, if any
-    except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        raise PageRefused(page("Please try again shortly", "We could not record this just now. Nothing was "
-                               "changed; the link still works.", 503)) from exc
-    try:
-        yield store
-    finally:
-        store.close()
-
-
 SettingsDep = Annotated[ReceiverSettings, Depends(get_settings)]
 StoreDep = Annotated[ReceiverStore, Depends(get_store)]
 DispatcherDep = Annotated[AlertDispatcher, Depends(get_dispatcher)]
-SuppressionsDep = Annotated[Any, Depends(get_suppressions)]
 
 
 async def read_signed_body(request: Request, settings: SettingsDep) -> bytes:
@@ -161,6 +134,10 @@ def open_link(token: str, settings: ReceiverSettings, *, unsubscribe: bool) -> L
     return link
 
 
+#: How long a one-click unsubscribe waits to be applied before the answer (it is recorded durably first).
+UNSUBSCRIBE_APPLY_S = 2.0
+
+
 def used_page() -> Response:
     return page("This link was already used", "Your answer was recorded the first time. Nothing was changed.", 410)
 
@@ -183,10 +160,13 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
         async with client:
             dispatcher = AlertDispatcher(settings, store, client)
             app.state.store, app.state.dispatcher, app.state.api_url = store, dispatcher, api_url
+            requeued = store.requeue_received()  # alerts an earlier process accepted but never decided
+            if requeued:
+                logger.warning("Receiver: %d alert(s) left undecided by the last process; replaying", requeued)
             replay = asyncio.create_task(dispatcher.run_forever(), name="upsell-spool-dispatcher")
             if store.spool_depth():
                 logger.info("Receiver: %d spooled alert(s) from before the restart", store.spool_depth())
-                dispatcher._wake.set()
+                dispatcher.wake()
             try:
                 yield
             finally:
@@ -206,10 +186,6 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> JSONResponse:
         return JSONResponse(exc.answer.model_dump(exclude_none=True), status_code=exc.status_code)
-
-    @app.exception_handler(PageRefused)
-    async def _page_refused(request: Request, exc: PageRefused) -> Response:
-        return exc.response
 
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorAnswer} for code in (400, 401, 413, 415, 422)}
 
@@ -303,9 +279,14 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
         return page(title, question, form=confirm_form(label, {"List-Unsubscribe": "One-Click"}))
 
     @app.post("/unsubscribe/{token}", response_class=Response, summary="RFC 8058 one-click unsubscribe")
-    def unsubscribe(token: str, request_body: Annotated[bytes, Depends(_form_body)], settings: SettingsDep,
-                    suppressions: SuppressionsDep) -> Response:
-        """With body `List-Unsubscribe=One-Click`: the contact gets no more upsell emails."""
+    async def unsubscribe(token: str, request_body: Annotated[bytes, Depends(_form_body)], settings: SettingsDep,
+                          store: StoreDep, dispatcher: DispatcherDep) -> Response:
+        """With body `List-Unsubscribe=One-Click`: the contact gets no more upsell emails.
+
+        The token is checked before anything else; the unsubscribe is then recorded in the receiver's own
+        file (so it is kept even while Prefect or the store is down) and applied to the suppression list at
+        once, or by a later dispatcher round as soon as Prefect and the store answer again.
+        """
         link = open_link(token, settings, unsubscribe=True)
         if isinstance(link, Response):
             return link
@@ -316,8 +297,11 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
         email = str(link.value.get("email", "")).strip()
         if not email:
             return page("This link is not valid", "The link names no address. Nothing was changed.", 403)
-        suppressions.add_suppression(email, "one-click unsubscribe")
-        logger.info("Unsubscribed %s (flow run %s)", email, link.flow_run_id)
+        store.record_unsubscribe(hashlib.sha256(token.encode()).hexdigest(), email, link.flow_run_id)
+        # applied now when Prefect and the store answer within a moment; otherwise by a later dispatcher round
+        applied = await dispatcher.apply_unsubscribes(timeout_s=UNSUBSCRIBE_APPLY_S)
+        logger.info("Unsubscribe of %s recorded (flow run %s)%s", email, link.flow_run_id,
+                    "" if applied else "; it will be applied when Prefect and the store answer")
         return page("You are unsubscribed", f"{email} will receive no more of these emails.")
 
     return app

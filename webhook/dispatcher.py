@@ -17,9 +17,11 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from deployments.api import create_upsell_run, deployment_id_for
 from flows.models import STAGE_ORDER, UsageAlert, automation_level_for
+from tasks.integrations import resolve
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus
 from webhook.settings import ReceiverSettings
 from webhook.store import ReceiverStore
@@ -137,7 +139,11 @@ class AlertDispatcher:
             return 200, await self._answer_duplicate(alert.event_id)
         if not qualifies:
             return 200, AlertAnswer(event_id=alert.event_id, triggered=False, reason=reason, detail=detail)
-        answer = await self.decide(alert, from_spool=False)
+        try:
+            answer = await self.decide(alert, from_spool=False)
+        except Exception:  # an accepted alert is never left undecided: the spool replays it
+            logger.exception("Deciding alert %s failed; spooled for replay", alert.event_id)
+            answer = self._spool(alert.event_id, "deciding the alert failed; replayed from the spool", wake=True)
         status = "queued" if answer.queued else ("triggered" if answer.triggered else "other")
         return NEW_STATUS.get(status, 200), answer
 
@@ -237,6 +243,10 @@ class AlertDispatcher:
 
     # ---- the spool ----
 
+    def wake(self) -> None:
+        """Start the next round now (spooled alerts, pending unsubscribes) instead of at the next interval."""
+        self._wake.set()
+
     async def run_forever(self) -> None:
         """Replay the spool, oldest first, whenever it is not empty; probe the API while it is down."""
         progress = False
@@ -249,7 +259,12 @@ class AlertDispatcher:
                 self._wake.clear()
             progress = False
             try:
+                # an alert whose run creation hung and whose handler died is spooled again, not forgotten
+                stale = self.store.requeue_received(older_than_s=2 * self.settings.prefect_timeout_s + 5)
+                if stale:
+                    logger.warning("Requeued %d alert(s) left undecided; replaying them", stale)
                 progress = await self.replay() > 0
+                await self.apply_unsubscribes()
             except Exception:
                 # the loop must outlive any one failure; the alerts stay in the spool for the next round
                 logger.exception("Spool replay failed; retrying in %ss", self.settings.dispatch_interval_s)
@@ -280,6 +295,36 @@ class AlertDispatcher:
         if done:
             logger.info("Replayed %d spooled alert(s); %d left", done, self.store.spool_depth())
         return done
+
+    async def apply_unsubscribes(self, timeout_s: float | None = None) -> int:
+        """Add every recorded, not yet applied one-click unsubscribe to the suppression list the sends check.
+
+        The list lives in the opportunity store, found through a Prefect block: while Prefect or the store is
+        down the unsubscribes wait here, on disk, and are applied on a later round.
+        """
+        pending = self.store.pending_unsubscribes()
+        if not pending or (timeout_s is not None and self.api_down):
+            return 0
+        try:
+            async with asyncio.timeout(timeout_s or self.settings.prefect_timeout_s * 2):
+                applied = await asyncio.to_thread(self._add_suppressions, pending)
+        except Exception as exc:  # Prefect or the store is away: the unsubscribes stay recorded for the next round
+            logger.warning("%d unsubscribe(s) not applied yet (%s); retrying", len(pending), type(exc).__name__)
+            return 0
+        logger.info("Applied %d unsubscribe(s) to the suppression list", applied)
+        return applied
+
+    def _add_suppressions(self, pending: list[dict[str, Any]]) -> int:
+        updates = {PREFECT_API_URL: self.settings.prefect_api_url} if self.settings.prefect_api_url else {}
+        with temporary_settings(updates=updates):
+            suppressions = resolve("store", self.settings).client  # the saved store block, or the local stand-in
+        try:
+            for row in pending:
+                suppressions.add_suppression(row["email"], "one-click unsubscribe")
+                self.store.mark_unsubscribe_applied(row["token_hash"])
+        finally:
+            suppressions.close()
+        return len(pending)
 
     async def probe(self) -> Exception | None:
         """Check the API; clears the down flag when it answers."""

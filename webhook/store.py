@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_account ON alerts (account_id, status);
 CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status);
+CREATE TABLE IF NOT EXISTS unsubscribes (
+    token_hash TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    flow_run_id TEXT,
+    received_at TEXT NOT NULL,
+    applied_at TEXT
+);
 CREATE TABLE IF NOT EXISTS used_links (
     token_hash TEXT PRIMARY KEY,
     flow_run_id TEXT NOT NULL,
@@ -147,6 +154,43 @@ class ReceiverStore:
     def spool_depth(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM alerts WHERE status='queued'").fetchone()[0])
+
+    def requeue_received(self, older_than_s: float = 0.0) -> int:
+        """Spool every qualified alert left `received` (its run was being created when a process died, or the
+        call hung) for longer than `older_than_s`; the replay finds its run by Prefect's idempotency key or
+        creates it. Returns how many were requeued."""
+        cutoff = datetime.fromtimestamp(datetime.now(UTC).timestamp() - older_than_s, UTC).isoformat()
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE alerts SET status='queued', attempts=attempts+1, updated_at=?,"
+                " last_error='left undecided by an earlier receiver process; replayed'"
+                " WHERE status='received' AND qualified=1 AND updated_at<=?",
+                (_now(), cutoff),
+            )
+        return cursor.rowcount
+
+    # ---- unsubscribes ----
+
+    def record_unsubscribe(self, token_hash: str, email: str, flow_run_id: str) -> None:
+        """Keep a one-click unsubscribe durably (once per token) until it is applied to the suppression list."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO unsubscribes (token_hash, email, flow_run_id, received_at) VALUES (?, ?, ?, ?)",
+                (token_hash, email, flow_run_id, _now()),
+            )
+
+    def pending_unsubscribes(self, limit: int = 500) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT token_hash, email, flow_run_id, received_at FROM unsubscribes WHERE applied_at IS NULL"
+                " ORDER BY rowid LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def mark_unsubscribe_applied(self, token_hash: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE unsubscribes SET applied_at=? WHERE token_hash=?", (_now(), token_hash))
 
     # ---- links ----
 
