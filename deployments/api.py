@@ -15,27 +15,16 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.responses import SetStateStatus
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from flows.models import (
+    WAIT_INPUTS,
     AutomationLevel,
     CustomerReply,
-    CustomerReplyInput,
-    EmailApproval,
-    MeetingApproval,
-    OpportunityReview,
     Severity,
     UsageAlert,
 )
 
-#: The typed input each kind of wait takes (the pause key of the wait is its kind).
-WAIT_INPUTS: dict[str, type[BaseModel]] = {
-    "reply": CustomerReplyInput,
-    "approve-email": EmailApproval,
-    "approve-meeting": MeetingApproval,
-    "review": OpportunityReview,
-    "approve-opportunity": OpportunityReview,
-}
 SCHEMA_WAIT_S = 10.0
 DEFAULT_SEVERITY = {
     AutomationLevel.FULL_AUTOMATION: Severity.CRITICAL,

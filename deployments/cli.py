@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from uuid import UUID
 
 import typer
 
@@ -157,7 +158,8 @@ def up(
 Prefect UI      {ui_url}{" (started here)" if own_server else ""}
 Prefect API     {api_url}
 Receiver        {receiver}   (API docs: {receiver}/docs, health: {receiver}/healthz)
-Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-backfill (daily)
+Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-recovery (every minute),
+                upsell-backfill (daily)
 Logs            {stack.log_dir}/
 
 Send the seed alert (signature valid for 5 minutes):
@@ -301,40 +303,41 @@ def approve(
 
 @app.command()
 def runs(
-    limit: Annotated[int, typer.Option(help="How many runs to list.")] = 50,
+    limit: Annotated[int, typer.Option(help="How many runs to list (pages through the API past 200).")] = 50,
+    stale_after_s: Annotated[float, typer.Option(help="A run is dead after this long without a heartbeat.")] = 90.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List open upsells (not finished) with their stage and age."""
+    """List open upsells (not finished, or Crashed) with their stage, age and health (live, dead, waiting)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypes
     from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
 
-    open_types = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    from tasks.recover_runs import find_dead_runs, upsell_runs
 
-    async def go() -> list[dict[str, Any]]:
-        async with get_client() as client:
-            found = await client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=StateTypes(any_=open_types))),
-                sort=FlowRunSort.START_TIME_DESC,
-                limit=limit,
-            )
-        now = datetime.now(UTC)
-        return [
-            {
-                "flow_run_id": str(r.id),
-                "name": r.name,
-                "state": r.state.name if r.state else "",
-                "waiting_for": r.state.state_details.pause_key if r.state and r.state.is_paused() else None,
-                "age_h": round((now - r.created).total_seconds() / 3600, 2) if r.created else None,
-                "tags": r.tags,
-            }
-            for r in found
-        ]
+    open_types = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CRASHED]
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        found = sorted(upsell_runs(client, open_types), key=lambda r: r.created or now, reverse=True)[:limit]
+        dead = {d.run.id: d for d in find_dead_runs(client, now, stale_after_s, [r.id for r in found])} if found else {}
 
-    rows = asyncio.run(go())
+    def health(run: Any) -> str:
+        if run.id in dead:
+            return f"dead: {dead[run.id].problem} (run `upsell recover {run.id}`)"
+        if run.state and run.state.is_paused():
+            return "waiting"
+        return "live" if run.state and run.state.type is StateType.RUNNING else "queued"
+
+    rows = [
+        {
+            "flow_run_id": str(r.id),
+            "name": r.name,
+            "state": r.state.name if r.state else "",
+            "waiting_for": r.state.state_details.pause_key if r.state and r.state.is_paused() else None,
+            "health": health(r),
+            "age_h": round((now - r.created).total_seconds() / 3600, 2) if r.created else None,
+            "tags": r.tags,
+        }
+        for r in found
+    ]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -343,7 +346,30 @@ def runs(
     for r in rows:
         typer.echo(
             f"{r['name']:<60} {r['state']:<10} {r['waiting_for'] or '-':<20} {r['age_h']:>8} h  {r['flow_run_id']}"
+            f"  {r['health']}"
         )
+
+
+@app.command()
+def recover(
+    run_id: Annotated[str | None, typer.Argument(help="One upsell run; all dead upsells when omitted.")] = None,
+    stale_after_s: Annotated[float, typer.Option(help="A run is dead after this long without a heartbeat.")] = 90.0,
+    max_attempts: Annotated[int, typer.Option(help="Recoveries per run before it ends Failed.")] = 3,
+    backoff_s: Annotated[float, typer.Option(help="Delay before the first rerun; doubles per attempt.")] = 0.0,
+) -> None:
+    """Run dead upsells again now (what the upsell-recovery deployment does every minute)."""
+    from flows.recovery import upsell_recovery
+
+    try:
+        ids = [UUID(run_id)] if run_id else None
+    except ValueError:
+        raise _fail(f"run_id: {run_id!r} is not a flow run id") from None
+    done = upsell_recovery(stale_after_s=stale_after_s, max_attempts=max_attempts, backoff_s=backoff_s,
+                           flow_run_ids=ids)  # fmt: skip
+    if not done:
+        typer.echo("Nothing to recover: no dead or stuck upsell" + (f" with id {run_id}" if run_id else "") + ".")
+    for flow_run_id, outcome in done.items():
+        typer.echo(f"{flow_run_id}  {outcome}")
 
 
 @app.command()

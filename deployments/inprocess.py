@@ -53,6 +53,7 @@ from prefect.flows import Flow
 from prefect.logging import get_logger
 from prefect.runner import Runner
 from prefect.runner._process_manager import ProcessHandle, ProcessTerminationScope
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 logger = get_logger("upsell.inprocess")
 
@@ -332,11 +333,13 @@ class InProcessStarter:
         limiter: anyio.CapacityLimiter,
         suspension: SharedSuspensionObserver | None = None,
         slots: ExecutionSlots | None = None,
+        heartbeat_seconds: float | None = None,
     ) -> None:
         self._flow = flow
         self._limiter = limiter
         self._suspension = suspension
         self._slots = slots
+        self._heartbeat_seconds = heartbeat_seconds
 
     async def start(
         self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
@@ -350,8 +353,12 @@ class InProcessStarter:
         thread.thread_id = threading.get_ident()
         if self._suspension is not None:
             self._suspension.adopt(flow_run.id)
+        # the engine emits a heartbeat event every `heartbeat_seconds` while the run executes: a run whose
+        # heartbeats stop (this process died) is found by the zombie automation and the recovery sweep
+        beats = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: int(self._heartbeat_seconds)} if self._heartbeat_seconds else {}
         try:
-            run_flow(self._flow, flow_run=flow_run, return_type="state")
+            with temporary_settings(updates=beats):
+                run_flow(self._flow, flow_run=flow_run, return_type="state")
             return 0
         except (Pause, Abort) as exc:  # the engine already set Suspended/Paused, or the server refused the run
             logger.info("Flow run %s: %s", flow_run.id, "suspended" if isinstance(exc, Pause) else "aborted")
@@ -376,8 +383,9 @@ class InProcessRunner(Runner):
     `limit` caps the runs in flight (threads); `executing` caps the flow bodies executing at once among them.
     """
 
-    def __init__(self, *args: Any, executing: int | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, executing: int | None = None, heartbeat_seconds: float | None = None, **kwargs: Any) -> None:
+        super().__init__(heartbeat_seconds=heartbeat_seconds, **kwargs)
+        self.heartbeat_seconds = heartbeat_seconds
         self.served_flows: dict[UUID, Flow[..., Any]] = {}
         self.suspension_observer = SharedSuspensionObserver()
         self.slots = ExecutionSlots(executing) if executing else None
@@ -404,7 +412,7 @@ class InProcessRunner(Runner):
             flow = self.served_flows.get(flow_run.deployment_id) if flow_run.deployment_id else None
             if flow is None:
                 return prefect_starter(flow_run)
-            return InProcessStarter(flow, limiter, self.suspension_observer, self.slots)
+            return InProcessStarter(flow, limiter, self.suspension_observer, self.slots, self.heartbeat_seconds)
 
         poller._resolve_starter = resolve_starter
         return self

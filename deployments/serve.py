@@ -12,13 +12,16 @@ from prefect.exceptions import TerminationSignal
 from prefect.logging import get_logger
 from prefect.runner import Runner
 
+from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
 from deployments.inprocess import InProcessRunner
 from flows.backfill import upsell_backfill
+from flows.recovery import upsell_recovery
 from flows.reply_timeouts import reply_timeouts
 from flows.upsell import upsell
 from tasks.ratelimits import ensure_rate_limits
 
 SWEEP_INTERVAL_S = 300
+RECOVERY_INTERVAL_S = 60
 BACKFILL_CRON = "15 2 * * *"  # daily, 02:15 UTC
 #: Flow runs in flight at once (threads, or processes with --processes); runs waiting for a reply hold none.
 DEFAULT_LIMIT = 400
@@ -28,7 +31,8 @@ DEFAULT_EXECUTING = 8
 
 
 def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[RunnerDeployment]:
-    """`upsell`, the `reply-timeouts` sweep (every 5 minutes) and the daily `upsell-backfill`.
+    """`upsell`, the `reply-timeouts` sweep (every 5 minutes), the `upsell-recovery` sweep (every minute) and
+    the daily `upsell-backfill`.
 
     `sweep_interval_s=0` serves them without schedules (tests and the demo trigger them explicitly).
     """
@@ -43,6 +47,13 @@ def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[R
             name="reply-timeouts",
             description="Resumes waits past their deadline with no_reply, so they end Completed.",
             interval=sweep_interval_s if sweep_interval_s else None,
+            tags=["upsell"],
+        ),
+        upsell_recovery.to_deployment(
+            name="upsell-recovery",
+            description="Runs dead upsells again (crashed, no heartbeat, stuck Pending), at most 3 times with"
+            " backoff, and repairs waits saved without their input schema.",
+            interval=RECOVERY_INTERVAL_S if sweep_interval_s else None,
             tags=["upsell"],
         ),
         upsell_backfill.to_deployment(
@@ -97,14 +108,18 @@ def main(argv: list[str] | None = None) -> None:
         with get_client(sync_client=True) as client:
             for name, rate in ensure_rate_limits(client).items():
                 print(f"Rate limit {name}: {rate.per_second:g}/s (burst {rate.burst})")  # noqa: T201
+    if args.sweep_interval and asyncio.run(ensure_zombie_automation()):
+        print("Created the upsell-crash-zombie-runs automation (runs without heartbeats are marked Crashed)")  # noqa: T201
     limit = args.limit or (DEFAULT_PROCESS_LIMIT if args.processes else DEFAULT_LIMIT)
     runner = (
-        Runner(pause_on_shutdown=True, limit=limit)
+        Runner(pause_on_shutdown=True, limit=limit, heartbeat_seconds=HEARTBEAT_S)
         if args.processes
-        else InProcessRunner(pause_on_shutdown=True, limit=limit, executing=args.executing)
+        else InProcessRunner(
+            pause_on_shutdown=True, limit=limit, executing=args.executing, heartbeat_seconds=HEARTBEAT_S
+        )
     )
     deployments = build_deployments(args.sweep_interval)
-    flows: dict[str, Any] = {f.name: f for f in (upsell, reply_timeouts, upsell_backfill)}
+    flows: dict[str, Any] = {f.name: f for f in (upsell, reply_timeouts, upsell_recovery, upsell_backfill)}
     for deployment in deployments:
         if isinstance(runner, InProcessRunner):
             runner.add_served(deployment, flows[str(deployment.flow_name)])

@@ -319,6 +319,15 @@ class OpportunityReview(RunInput):
 
 WaitKind = Literal["approve-email", "reply", "review", "approve-meeting", "approve-opportunity"]
 
+#: The typed input each kind of wait takes (the pause key of the wait is its kind).
+WAIT_INPUTS: dict[str, type[RunInput]] = {
+    "reply": CustomerReplyInput,
+    "approve-email": EmailApproval,
+    "approve-meeting": MeetingApproval,
+    "review": OpportunityReview,
+    "approve-opportunity": OpportunityReview,
+}
+
 #: The input that closes a wait nobody answered in time: a normal, Completed outcome.
 EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
     "reply": {"reply": CustomerReply.NO_REPLY.value},

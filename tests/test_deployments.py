@@ -31,7 +31,7 @@ def test_every_entrypoint_is_a_flow_with_the_declared_parameters():
         assert deployment["work_pool"]["name"] == "upsell-pool"
         assert flow.description, "Prefect shows the docstring"
         names.add(deployment["name"])
-    assert names == {"upsell", "reply-timeouts", "upsell-backfill"}
+    assert names == {"upsell", "reply-timeouts", "upsell-recovery", "upsell-backfill"}
     served = {d.name for d in build_deployments()}
     assert served == names  # `upsell serve` and prefect.yaml describe the same deployments
 
@@ -39,6 +39,7 @@ def test_every_entrypoint_is_a_flow_with_the_declared_parameters():
 def test_schedules_are_declared():
     by_name = {d["name"]: d for d in SPEC["deployments"]}
     assert by_name["reply-timeouts"]["schedules"] == [{"interval": 300}]
+    assert by_name["upsell-recovery"]["schedules"] == [{"interval": 60}]
     assert by_name["upsell-backfill"]["schedules"][0]["cron"]
     assert by_name["upsell"]["enforce_parameter_schema"] is True
 
@@ -63,7 +64,8 @@ def test_prefect_deploy_all_registers_the_deployments(prefect_server, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with get_client(sync_client=True) as client:
-        for name in ("upsell/upsell", "reply-timeouts/reply-timeouts", "upsell-backfill/upsell-backfill"):
+        for name in ("upsell/upsell", "reply-timeouts/reply-timeouts", "upsell-recovery/upsell-recovery",
+                     "upsell-backfill/upsell-backfill"):
             deployment = client.read_deployment_by_name(f"{name}-deploytest")
             assert deployment.work_pool_name == "upsell-pool"
             assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)

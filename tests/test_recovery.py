@@ -1,0 +1,126 @@
+"""Dead upsells are found and run again: a run left Running or Pending by a process that died is rescheduled
+and finished by the session's runner, without sending twice; a crashed run is retried a bounded number of
+times with backoff, then ends Failed with the reason; a wait saved without its input schema is repaired."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.states import Crashed, Pending, Running, State
+
+from deployments.api import create_upsell_run
+from flows.models import AutomationLevel, UsageAlert
+from flows.recovery import upsell_recovery
+from flows.upsell import upsell
+from tasks.recover_runs import RECOVERY_KEY, recovery_attempts
+from tests.support import read_run, resume, wait_until_final, wait_until_paused
+
+UNSERVED = "upsell/recovery-bounded"  # nobody serves it: its rescheduled runs stay Scheduled
+
+
+def _alert() -> UsageAlert:
+    return UsageAlert(event_id=f"evt-rec-{uuid.uuid4().hex[:10]}", account_id="12345", metric_type="trade_volume",
+                      current_value=150, threshold=100, severity="critical")  # fmt: skip
+
+
+def _create(deployment: str, alert: UsageAlert, state: State[Any]) -> UUID:
+    """A run of `deployment` created directly in `state`: what a runner that died after taking it leaves."""
+
+    async def go() -> UUID:
+        async with get_client() as client:
+            found = await client.read_deployment_by_name(deployment)
+            run = await client.create_flow_run_from_deployment(
+                found.id, parameters={"alert": alert.model_dump(mode="json"), "automation_level": "FULL_AUTOMATION"},
+                state=state, idempotency_key=f"upsell:{alert.event_id}",
+            )  # fmt: skip
+            return run.id
+
+    return asyncio.run(go())
+
+
+def _emails(runner: Any, alert: UsageAlert) -> list:
+    return list((runner.data_dir / "outbox").glob(f"{alert.event_id}*.eml"))
+
+
+@pytest.mark.parametrize("left", [Running, Pending], ids=["running-without-heartbeat", "stuck-pending"])
+def test_a_run_whose_process_died_is_run_again_and_finishes_once(runner: Any, left: Any) -> None:
+    alert = _alert()
+    run_id = _create("upsell/upsell", alert, left())
+    time.sleep(1.2)  # older than stale_after_s, and no heartbeat ever came
+
+    done = upsell_recovery(stale_after_s=1.0, max_attempts=3, backoff_s=0, flow_run_ids=[run_id])
+
+    assert done == {str(run_id): "rescheduled"}
+    [attempt] = recovery_attempts_of(run_id)
+    assert attempt["problem"] == ("no heartbeat" if left is Running else "stuck pending")
+    wait_until_paused(run_id, "reply", timeout_s=90)  # the session's runner took it and ran it to the reply wait
+    resume(run_id, "reply", {"reply": "no"})
+    final = wait_until_final(run_id, timeout_s=60)
+    assert final.state is not None and final.state.is_completed()
+    assert len(_emails(runner, alert)) == 1
+    assert upsell_recovery(stale_after_s=1.0, flow_run_ids=[run_id]) == {}  # a finished run is left alone
+
+
+def recovery_attempts_of(run_id: UUID) -> list[dict[str, Any]]:
+    with get_client(sync_client=True) as client:
+        return recovery_attempts(client, run_id)
+
+
+def test_a_crashed_run_is_retried_with_backoff_then_fails_with_the_reason(prefect_server: str) -> None:
+    upsell.to_deployment(name="recovery-bounded").apply()
+    run_id = _create(UNSERVED, _alert(), Crashed(message="the serving process was killed"))
+    outcomes, delays = [], []
+    for _ in range(3):
+        started = read_run(run_id).state
+        outcomes.append(upsell_recovery(max_attempts=2, backoff_s=10, flow_run_ids=[run_id])[str(run_id)])
+        state = read_run(run_id).state
+        assert state is not None and started is not None
+        if state.type is StateType.SCHEDULED:
+            assert state.state_details.scheduled_time is not None
+            delays.append((state.state_details.scheduled_time - state.timestamp).total_seconds())
+            assert state.message and state.message.startswith(f"Recovery {len(delays)}/2")
+            with get_client(sync_client=True) as client:  # the rerun dies again
+                client.set_flow_run_state(run_id, Crashed(message="the serving process was killed"), force=True)
+
+    assert outcomes == ["rescheduled", "rescheduled", "failed"]
+    assert [round(d) for d in delays] == [10, 20]  # backoff doubles
+    final = read_run(run_id).state
+    assert final is not None and final.type is StateType.FAILED
+    assert final.message == (
+        "Upsell gave up after 2 recoveries; last problem: crashed: the serving process was killed"
+    )
+    with get_client(sync_client=True) as client:
+        assert json.loads(client.read_flow_run_input(run_id, f"{RECOVERY_KEY}-2"))["problem"] == "crashed"
+
+
+def test_a_wait_saved_without_its_schema_is_repaired_and_can_be_answered(runner: Any) -> None:
+    alert = _alert()
+
+    async def trigger() -> UUID:
+        async with get_client() as client:
+            return (await create_upsell_run(client, alert, AutomationLevel.FULL_AUTOMATION)).id
+
+    run_id = asyncio.run(trigger())
+    run = wait_until_paused(run_id, "reply", timeout_s=90)
+    assert run.state is not None and run.state.state_details.run_input_keyset is not None
+    keyset = run.state.state_details.run_input_keyset
+    with get_client(sync_client=True) as client:  # what a kill between the Suspended state and the schema leaves
+        client.delete_flow_run_input(run_id, keyset["schema"])
+    with pytest.raises(Exception, match="schema"):
+        resume(run_id, "reply", {"reply": "yes"})
+
+    assert upsell_recovery(flow_run_ids=[run_id]) == {str(run_id): "schema saved again"}
+
+    resume(run_id, "reply", {"reply": "no"})
+    final = wait_until_final(run_id, timeout_s=60)
+    assert final.state is not None and final.state.is_completed()
+    assert timedelta(0) <= final.state.timestamp - run.state.timestamp
