@@ -35,7 +35,11 @@ def zombie_automation() -> Automation:
                 "prefect.flow-run.Paused",
             },
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "upsell"},
+            # runs of the upsell flow's deployments only (served with 30 s heartbeats; a direct call beats every 180 s)
+            match_related=[
+                {"prefect.resource.role": "flow", "prefect.resource.name": "upsell"},
+                {"prefect.resource.role": "deployment"},
+            ],
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,

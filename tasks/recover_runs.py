@@ -122,12 +122,16 @@ def find_dead_runs(
     """The upsell runs that are dead or stuck (see the module docstring), oldest problem first."""
     stale = now - timedelta(seconds=stale_after_s)
     runs = upsell_runs(client, WATCHED, ids)
-    running = [r for r in runs if r.state and r.state.type is StateType.RUNNING and r.state.timestamp < stale]
+    running = [
+        r
+        for r in runs
+        if r.deployment_id and r.state and r.state.type is StateType.RUNNING and r.state.timestamp < stale
+    ]
     silent = {r.id for r in running} - {UUID(i) for i in heartbeats_since(client, running, stale)}
     dead: list[DeadRun] = []
     for run in runs:
         state = run.state
-        if state is None:
+        if state is None or run.deployment_id is None:  # a direct call has no deployment to run it again
             continue
         if state.type is StateType.CRASHED:
             dead.append(DeadRun(run, "crashed", state.message or "crashed"))

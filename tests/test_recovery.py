@@ -124,3 +124,19 @@ def test_a_wait_saved_without_its_schema_is_repaired_and_can_be_answered(runner:
     final = wait_until_final(run_id, timeout_s=60)
     assert final.state is not None and final.state.is_completed()
     assert timedelta(0) <= final.state.timestamp - run.state.timestamp
+
+
+def test_serving_creates_the_zombie_automation_once(prefect_server: str) -> None:
+    from prefect.automations import Automation
+
+    from deployments.automations import ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION, ensure_zombie_automation
+
+    first, second = asyncio.run(ensure_zombie_automation()), asyncio.run(ensure_zombie_automation())
+    assert (first, second) == (True, False)
+    saved = Automation.read(name=ZOMBIE_AUTOMATION)
+    assert isinstance(saved, Automation)
+    trigger = saved.trigger.model_dump()
+    assert trigger["posture"] == "Proactive" and trigger["within"] == timedelta(seconds=ZOMBIE_AFTER_S)
+    assert {"prefect.flow-run.Suspended", "prefect.flow-run.Paused"} <= trigger["expect"]  # a wait is not a death
+    assert [a.state for a in saved.actions] == [StateType.CRASHED]  # type: ignore[union-attr]
+    asyncio.run(saved.adelete())  # other tests' runs are not watched by it

@@ -18,6 +18,7 @@ from prefect.states import Cancelled
 
 from flows.upsell import upsell
 from tests.test_webhook_support import OLD_SECRET, SECRET, alert, get_status, post_alert, runs_with_key, signed_headers
+from webhook.dispatcher import attached_key
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
 from webhook.signing import sign
@@ -255,7 +256,7 @@ def test_one_open_upsell_per_account_then_cooldown(client):
     assert runs_with_key(second["event_id"]) == []
     assert get_status(client, second["event_id"]).json()["status"] == "attached"
     with get_client(sync_client=True) as prefect:  # the alert is recorded on the open run itself
-        recorded = prefect.read_flow_run_input(UUID(run_id), f"upsell-attached-{second['event_id']}")
+        recorded = prefect.read_flow_run_input(UUID(run_id), attached_key(second["event_id"]))
     assert json.loads(recorded)["severity"] == "critical"
 
     _end_run(run_id)

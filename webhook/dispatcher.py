@@ -4,7 +4,9 @@ and a durable spool replayed in order while the Prefect API is unreachable."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -58,6 +60,13 @@ def qualification(alert: AlertPayload, settings: ReceiverSettings) -> tuple[bool
     return False, "below_high_value_threshold", (
         f"severity {alert.severity} and current_value {alert.current_value:g} <= {settings.high_value_threshold:g}"
     )
+
+
+def attached_key(event_id: str) -> str:
+    """The flow run input key of an alert attached to an open run: Prefect keys allow only [a-z0-9-], so the
+    event id is slugged and a short hash of it keeps ids that slug alike apart."""
+    slug = re.sub(r"[^a-z0-9]+", "-", event_id.lower()).strip("-")[:150]
+    return f"upsell-attached-{slug}-{hashlib.sha256(event_id.encode()).hexdigest()[:8]}"
 
 
 def answer_from_row(row: dict[str, Any], *, duplicate: bool) -> AlertAnswer:
@@ -221,10 +230,10 @@ class AlertDispatcher:
             raise PrefectUnavailable(f"deployment {self.settings.deployment_name} not found") from exc
 
     async def _record_on_run(self, flow_run_id: str, alert: UsageAlert) -> None:
-        """Keep the attached alert on the open run itself, as a flow run input (`upsell-attached-<event id>`)."""
+        """Keep the attached alert on the open run itself, as a flow run input (`attached_key(event id)`)."""
         try:
             await self._call(lambda: self.client.create_flow_run_input(
-                UUID(flow_run_id), key=f"upsell-attached-{alert.event_id}", value=alert.model_dump_json()))
+                UUID(flow_run_id), key=attached_key(alert.event_id), value=alert.model_dump_json()))
         except ObjectAlreadyExists:  # a replay of the same alert: already recorded
             pass
 
@@ -286,7 +295,12 @@ class AlertDispatcher:
             done = 0
             async with gate:
                 for alert in alerts:
-                    if self.api_down or (await self.decide(alert, from_spool=True)).queued:
+                    try:
+                        if self.api_down or (await self.decide(alert, from_spool=True)).queued:
+                            break
+                    except Exception as exc:  # this account waits (in order); the other accounts go on
+                        logger.exception("Replaying alert %s failed; it stays in the spool", alert.event_id)
+                        self._spool(alert.event_id, f"replay failed: {type(exc).__name__}", wake=False)
                         break
                     done += 1
             return done
