@@ -53,13 +53,7 @@ from tests.support import find_run_id, read_run, resume, wait_until_paused
 
 TOKEN = "usage-token-hostile"
 GROUP = 3  # corpus strings per upsell run
-PUBLIC_BASE = "http://127.0.0.1:8000/"  # the settings' default public base URL: the email's only links
 PROMPT_TAGS = ("usage_data", "contract_data", "plan_catalogue")
-TEMPLATE_TAGS = {"html", "body", "p", "strong", "ul", "li", "a", "br", "hr"}
-HEADERS = {
-    "from", "to", "subject", "date", "message-id", "list-unsubscribe", "list-unsubscribe-post", "mime-version",
-    "content-type",
-}  # fmt: skip
 
 
 @dataclass

@@ -140,3 +140,24 @@ def test_serving_creates_the_zombie_automation_once(prefect_server: str) -> None
     assert {"prefect.flow-run.Suspended", "prefect.flow-run.Paused"} <= trigger["expect"]  # a wait is not a death
     assert [a.state for a in saved.actions] == [StateType.CRASHED]  # type: ignore[union-attr]
     asyncio.run(saved.adelete())  # other tests' runs are not watched by it
+
+
+def test_upsell_runs_tells_a_dead_run_from_a_live_one_and_recover_takes_one_id(prefect_server: str) -> None:
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    upsell.to_deployment(name="recovery-bounded").apply()
+    dead = _create(UNSERVED, _alert(), Crashed(message="killed"))
+    queued = _create(UNSERVED, _alert(), Pending())  # Pending for less than the stale time: not dead yet
+
+    listed = CliRunner().invoke(app, ["runs", "--json", "--limit", "500"])
+    assert listed.exit_code == 0, listed.output
+    health = {row["flow_run_id"]: row["health"] for row in json.loads(listed.output)}
+    assert health[str(dead)] == f"dead: crashed (run `upsell recover {dead}`)"
+    assert health[str(queued)] == "queued"
+
+    refused = CliRunner().invoke(app, ["recover", "not-a-run-id"])
+    assert refused.exit_code != 0 and "is not a flow run id" in refused.output
+    recovered = CliRunner().invoke(app, ["recover", str(dead)])
+    assert recovered.exit_code == 0 and f"{dead}  rescheduled" in recovered.output, recovered.output
