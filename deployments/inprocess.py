@@ -42,7 +42,28 @@ from uuid import UUID
 
 import anyio
 import anyio.abc
+import prefect
 import prefect.flow_engine
+
+#: The Prefect release line this module was written and tested against: it is the one module of the project
+#: that uses Prefect's private API (the runner's starter hook, its process manager, the suspension observer).
+TESTED_PREFECT = "3.9."
+
+
+class UnsupportedPrefect(ImportError):
+    """Another Prefect release: `upsell serve` falls back to Prefect's own process runner."""
+
+
+def check_prefect_version(version: str) -> None:
+    """Refuse a Prefect release this module was not tested against (raised at import)."""
+    if not version.startswith(TESTED_PREFECT):
+        raise UnsupportedPrefect(
+            f"the in-process runner was tested on Prefect {TESTED_PREFECT}x, not {version}; its private API may differ"
+        )
+
+
+check_prefect_version(prefect.__version__)
+
 from prefect._flow_run_suspension import FlowRunSuspensionRequest, mark_flow_run_suspension_requested
 from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.client.schemas.objects import FlowRun

@@ -13,12 +13,19 @@ from prefect.logging import get_logger
 from prefect.runner import Runner
 
 from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
-from deployments.inprocess import InProcessRunner
 from flows.backfill import upsell_backfill
 from flows.recovery import upsell_recovery
 from flows.reply_timeouts import reply_timeouts
 from flows.upsell import upsell
 from tasks.ratelimits import ensure_rate_limits
+
+try:
+    from deployments.inprocess import InProcessRunner
+except ImportError as exc:  # another Prefect release, or a private name gone: Prefect's own process runner
+    InProcessRunner = None  # type: ignore[assignment,misc]
+    IN_PROCESS_UNAVAILABLE = f"{type(exc).__name__}: {exc}"
+else:
+    IN_PROCESS_UNAVAILABLE = ""
 
 SWEEP_INTERVAL_S = 300
 RECOVERY_INTERVAL_S = 60
@@ -110,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"Rate limit {name}: {rate.per_second:g}/s (burst {rate.burst})")  # noqa: T201
     if args.sweep_interval and asyncio.run(ensure_zombie_automation()):
         print("Created the upsell-crash-zombie-runs automation (runs without heartbeats are marked Crashed)")  # noqa: T201
+    if not args.processes and InProcessRunner is None:
+        get_logger("upsell.serve").warning(
+            "The in-process runner is unavailable (%s); serving with Prefect's process runner", IN_PROCESS_UNAVAILABLE
+        )
+        args.processes = True
     limit = args.limit or (DEFAULT_PROCESS_LIMIT if args.processes else DEFAULT_LIMIT)
     runner = (
         Runner(pause_on_shutdown=True, limit=limit, heartbeat_seconds=HEARTBEAT_S)
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     deployments = build_deployments(args.sweep_interval)
     flows: dict[str, Any] = {f.name: f for f in (upsell, reply_timeouts, upsell_recovery, upsell_backfill)}
     for deployment in deployments:
-        if isinstance(runner, InProcessRunner):
+        if InProcessRunner is not None and isinstance(runner, InProcessRunner):
             runner.add_served(deployment, flows[str(deployment.flow_name)])
         else:
             runner.add_deployment(deployment)

@@ -146,3 +146,43 @@ def test_execution_slots_let_at_most_size_runs_execute_in_arrival_order():
     assert entered == [r.id for r in runs]
     slots.release(runs[3].id)
     assert slots.busy == 0
+
+
+def test_the_runner_refuses_a_prefect_release_it_was_not_tested_on() -> None:
+    from deployments.inprocess import TESTED_PREFECT, UnsupportedPrefect, check_prefect_version
+
+    check_prefect_version(f"{TESTED_PREFECT}9")
+    with pytest.raises(UnsupportedPrefect, match="not 3.10.0"):
+        check_prefect_version("3.10.0")
+
+
+def test_the_private_prefect_names_the_runner_uses_still_exist() -> None:
+    """Fails loudly on a Prefect upgrade that moves what deployments/inprocess.py relies on."""
+    import inspect
+
+    import prefect._flow_run_suspension as suspension
+    import prefect._internal.observers as observers
+    import prefect.runner._process_manager as process_manager
+    from prefect.runner import Runner
+    from prefect.runner._scheduled_run_poller import ScheduledRunPoller
+
+    assert callable(suspension.mark_flow_run_suspension_requested) and suspension.FlowRunSuspensionRequest
+    assert observers.FlowRunSuspendingObserver and process_manager.ProcessHandle
+    assert process_manager.ProcessTerminationScope
+    # the runner attributes InProcessRunner.__aenter__ swaps the starter through
+    assert "self._scheduled_run_poller = ScheduledRunPoller(" in inspect.getsource(Runner.__aenter__)
+    assert "self._resolve_starter = resolve_starter" in inspect.getsource(ScheduledRunPoller.__init__)
+    assert hasattr(Runner(limit=1), "_exit_stack")
+
+
+def test_serving_falls_back_to_prefects_process_runner_when_the_in_process_one_cannot_load() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; sys.modules['deployments.inprocess'] = None; import deployments.serve as serve;"
+        " print(serve.InProcessRunner is None, serve.IN_PROCESS_UNAVAILABLE.split(':')[0])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    unavailable, reason = result.stdout.split()
+    assert unavailable == "True" and reason in ("ImportError", "ModuleNotFoundError"), result.stderr[-2000:]
