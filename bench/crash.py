@@ -5,7 +5,8 @@
 Starts its own Prefect server (SQLite, with its services: the zombie automation needs the triggers service)
 and `python -m deployments.serve` (thread mode, or `--processes`), creates `--runs` upsell runs, answers every
 reply wait with "yes" (so each upsell sends an email, posts to Slack and books a meeting), SIGKILLs the serving
-process `--kills` times at random moments (1-8 s apart) and restarts it each time. Then it waits until every run
+process `--kills` times at random moments over about `--kill-window-s` seconds (default 45: 1-8 s apart) and
+restarts it each time. Then it waits until every run
 is final (or 10 minutes after the last kill) and prints:
 
 - duplicates of every kind: runs per event, Slack posts per event, meetings per event (the local stand-ins
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--processes", action="store_true", help="Serve with a process per flow run.")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--kill-window-s", type=float, default=45, help="The kills fall at random moments over about this long."
+    )
     parser.add_argument("--settle-s", type=float, default=600, help="How long to wait after the last kill.")
     args = parser.parse_args()
     rng = random.Random(args.seed)
@@ -104,7 +108,7 @@ def main() -> None:
         answerer = threading.Thread(target=answer_replies, daemon=True)
         answerer.start()
         for kill in range(1, args.kills + 1):
-            time.sleep(rng.uniform(1, 8))
+            time.sleep(rng.uniform(1, max(2.0, 2 * args.kill_window_s / args.kills - 1)))
             serving.send_signal(signal.SIGKILL)
             serving.wait()
             print(f"kill {kill}/{args.kills} at {time.monotonic() - started:.1f}s")

@@ -68,6 +68,7 @@ from prefect._flow_run_suspension import FlowRunSuspensionRequest, mark_flow_run
 from prefect._internal.observers import FlowRunSuspendingObserver
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.runner import RunnerDeployment
+from prefect.events import emit_event
 from prefect.exceptions import Abort, Pause, TerminationSignal
 from prefect.flow_engine import run_flow
 from prefect.flows import Flow
@@ -251,10 +252,13 @@ class ExecutionSlots:
     runs are served in arrival order.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, heartbeat_s: float | None = None) -> None:
         if size < 1:
             raise ValueError("execution slots must be at least 1")
         self.size = size
+        #: A queued run is Running but its engine sends no heartbeat yet: the queue sends them, so the zombie
+        #: automation and the recovery sweep never take a run waiting for a slot for a dead one.
+        self.heartbeat_s = heartbeat_s
         self._holders: set[UUID] = set()
         self._queue: list[UUID] = []
         self._changed = threading.Condition()
@@ -280,7 +284,8 @@ class ExecutionSlots:
             )
         with self._changed:
             while len(self._holders) >= self.size or self._queue[0] != flow_run.id:
-                self._changed.wait()
+                if not self._changed.wait(timeout=self.heartbeat_s) and self.heartbeat_s:
+                    send_heartbeat(flow, flow_run)
             self._queue.pop(0)
             self._holders.add(flow_run.id)
             self._changed.notify_all()
@@ -291,6 +296,20 @@ class ExecutionSlots:
                 self._queue.remove(flow_run_id)
             self._holders.discard(flow_run_id)
             self._changed.notify_all()
+
+
+def send_heartbeat(flow: Any, flow_run: FlowRun) -> None:
+    """The event Prefect's engine emits while a run executes (`prefect.flow-run.heartbeat`), for a queued run."""
+    related = [{"prefect.resource.id": f"prefect.flow.{flow_run.flow_id}", "prefect.resource.role": "flow",
+                "prefect.resource.name": getattr(flow, "name", "")}]  # fmt: skip
+    if flow_run.deployment_id:
+        related.append({"prefect.resource.id": f"prefect.deployment.{flow_run.deployment_id}",
+                        "prefect.resource.role": "deployment"})  # fmt: skip
+    emit_event(
+        event="prefect.flow-run.heartbeat",
+        resource={"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.name": flow_run.name},
+        related=related,
+    )
 
 
 def get_run_logger_for(flow_run: FlowRun) -> Any:
@@ -409,7 +428,7 @@ class InProcessRunner(Runner):
         self.heartbeat_seconds = heartbeat_seconds
         self.served_flows: dict[UUID, Flow[..., Any]] = {}
         self.suspension_observer = SharedSuspensionObserver()
-        self.slots = ExecutionSlots(executing) if executing else None
+        self.slots = ExecutionSlots(executing, heartbeat_s=heartbeat_seconds) if executing else None
 
     def add_served(self, deployment: RunnerDeployment, flow: Flow[..., Any]) -> UUID:
         """Register `deployment` with the API (as `add_deployment`) and run its flow runs in threads."""

@@ -186,3 +186,30 @@ def test_serving_falls_back_to_prefects_process_runner_when_the_in_process_one_c
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     unavailable, reason = result.stdout.split()
     assert unavailable == "True" and reason in ("ImportError", "ModuleNotFoundError"), result.stderr[-2000:]
+
+
+def test_a_run_queued_for_a_slot_keeps_sending_heartbeats(prefect_server: str) -> None:
+    """Running but not executing yet: its heartbeats come from the queue, so it is never taken for a dead run."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    slots, entered = ExecutionSlots(1, heartbeat_s=0.3), []
+    holder, queued = _fake_run(), _fake_run()
+    _enter(slots, holder, entered).join(timeout=5)
+    waiting = _enter(slots, queued, entered)
+    time.sleep(1.5)
+    slots.release(holder.id)
+    waiting.join(timeout=5)
+    assert entered == [holder.id, queued.id]
+
+    beats: list[Any] = []
+    deadline = time.monotonic() + 20
+    with get_client(sync_client=True) as client:
+        while len(beats) < 2 and time.monotonic() < deadline:  # events are stored a moment after they are sent
+            beats = client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                resource=EventResourceFilter(id=[f"prefect.flow-run.{queued.id}"]),
+            ), limit=50).events  # fmt: skip
+            time.sleep(0.5)
+    assert len(beats) >= 2
+    assert {r.role for r in beats[0].related} >= {"flow"}
