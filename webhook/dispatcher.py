@@ -95,6 +95,7 @@ class AlertDispatcher:
         self._deployment_id: UUID | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
+        self._unsubscribes_failing = False
 
     # ---- the Prefect API, bounded in time ----
 
@@ -323,8 +324,11 @@ class AlertDispatcher:
             async with asyncio.timeout(timeout_s or self.settings.prefect_timeout_s * 2):
                 applied = await asyncio.to_thread(self._add_suppressions, pending)
         except Exception as exc:  # Prefect or the store is away: the unsubscribes stay recorded for the next round
-            logger.warning("%d unsubscribe(s) not applied yet (%s); retrying", len(pending), type(exc).__name__)
+            log = logger.debug if self._unsubscribes_failing else logger.warning  # once per outage, not per round
+            log("%d unsubscribe(s) not applied yet (%s); retrying", len(pending), type(exc).__name__)
+            self._unsubscribes_failing = True
             return 0
+        self._unsubscribes_failing = False
         logger.info("Applied %d unsubscribe(s) to the suppression list", applied)
         return applied
 
