@@ -310,14 +310,16 @@ def runs(
     """List open upsells (not finished, or Crashed) with their stage, age and health (live, dead, waiting)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
 
-    from tasks.recover_runs import find_dead_runs, upsell_runs
+    from tasks.recover_runs import dead_among
+    from tasks.runtime.flow_runs import upsell_runs
 
     open_types = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CRASHED]
     now = datetime.now(UTC)
     with get_client(sync_client=True) as client:
-        found = sorted(upsell_runs(client, open_types), key=lambda r: r.created or now, reverse=True)[:limit]
-        dead = {d.run.id: d for d in find_dead_runs(client, now, stale_after_s, [r.id for r in found])} if found else {}
+        found = upsell_runs(client, open_types, limit=limit, sort=FlowRunSort.START_TIME_DESC)
+        dead = {d.run.id: d for d in dead_among(client, found, now, stale_after_s)}
 
     def health(run: Any) -> str:
         if run.id in dead:

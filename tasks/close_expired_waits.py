@@ -8,50 +8,27 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import SetStateStatus
-from prefect.exceptions import ObjectNotFound
 
 from flows.models import EXPIRED_WAIT_INPUT
 from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.flow_runs import read_run_input, upsell_runs
 from tasks.waits import WaitDeadline, deadline_key
-
-PAGE = 200
 
 
 def expired_waits(now: datetime, limit: int = 500) -> list[tuple[Any, str, WaitDeadline]]:
     """(flow run, wait kind, deadline) of every paused upsell run whose wait deadline has passed."""
     found = []
-    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
     with get_client(sync_client=True) as client:
-        runs: list[Any] = []
-        while len(runs) < limit:  # the API answers at most PAGE runs per call
-            page = client.read_flow_runs(
-                flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
-                flow_run_filter=paused,
-                limit=min(PAGE, limit - len(runs)),
-                offset=len(runs),
-            )
-            runs.extend(page)
-            if len(page) < PAGE:
-                break
-        for run in runs:
+        for run in upsell_runs(client, [StateType.PAUSED], limit=limit):
             kind = run.state.state_details.pause_key if run.state else None
             if kind not in EXPIRED_WAIT_INPUT:
                 continue
-            try:
-                deadline = WaitDeadline.model_validate(
-                    json.loads(client.read_flow_run_input(run.id, deadline_key(kind)))
-                )
-            except ObjectNotFound:
+            raw = read_run_input(client, run.id, deadline_key(kind))
+            if raw is None:
                 continue
+            deadline = WaitDeadline.model_validate(json.loads(raw))
             if deadline.deadline <= now:
                 found.append((run, kind, deadline))
     return found

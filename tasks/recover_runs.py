@@ -26,24 +26,15 @@ from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.filters import (
-    FlowFilter,
-    FlowFilterName,
-    FlowRunFilter,
-    FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.input import RunInput
 from prefect.states import Failed, Scheduled
 
 from flows.models import WAIT_INPUTS
 from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.flow_runs import read_run_input, upsell_runs
 
-PAGE = 200
 EVENTS_PAGE = 50  # the events API answers at most 50 per page
 RECOVERY_KEY = "upsell-recovery"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
@@ -57,23 +48,6 @@ class DeadRun:
     run: FlowRun
     problem: str  # "crashed", "no heartbeat", "stuck pending", "wait without schema"
     detail: str
-
-
-def upsell_runs(client: SyncPrefectClient, types: list[StateType], ids: list[UUID] | None = None) -> list[FlowRun]:
-    """Every upsell run in one of `types` (all pages), optionally only these ids."""
-    runs: list[FlowRun] = []
-    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=types))
-    run_filter = FlowRunFilter(state=state, id=FlowRunFilterId(any_=ids) if ids else None)
-    while True:
-        page = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
-            flow_run_filter=run_filter,
-            limit=PAGE,
-            offset=len(runs),
-        )
-        runs.extend(page)
-        if len(page) < PAGE:
-            return runs
 
 
 def heartbeats_since(client: SyncPrefectClient, runs: list[FlowRun], since: datetime) -> set[str]:
@@ -97,31 +71,23 @@ def heartbeats_since(client: SyncPrefectClient, runs: list[FlowRun], since: date
     return alive
 
 
-def _run_input(client: SyncPrefectClient, run_id: UUID, key: str) -> str | None:
-    """The flow run input stored under `key`, or None when there is none."""
-    try:
-        return client.read_flow_run_input(run_id, key)
-    except ObjectNotFound:
-        return None
-    except PrefectHTTPStatusError as exc:
-        if exc.response.status_code == 404:
-            return None
-        raise
-
-
 def _schema_missing(client: SyncPrefectClient, run: FlowRun) -> bool:
     keyset = run.state.state_details.run_input_keyset if run.state else None
     if not keyset or (run.state.state_details.pause_key if run.state else None) not in WAIT_INPUTS:
         return False
-    return _run_input(client, run.id, keyset["schema"]) is None
+    return read_run_input(client, run.id, keyset["schema"]) is None
 
 
 def find_dead_runs(
     client: SyncPrefectClient, now: datetime, stale_after_s: float, ids: list[UUID] | None = None
 ) -> list[DeadRun]:
-    """The upsell runs that are dead or stuck (see the module docstring), oldest problem first."""
+    """The upsell runs that are dead or stuck (see the module docstring)."""
+    return dead_among(client, upsell_runs(client, WATCHED, ids), now, stale_after_s)
+
+
+def dead_among(client: SyncPrefectClient, runs: list[FlowRun], now: datetime, stale_after_s: float) -> list[DeadRun]:
+    """Which of `runs` (already read) are dead or stuck, and why."""
     stale = now - timedelta(seconds=stale_after_s)
-    runs = upsell_runs(client, WATCHED, ids)
     running = [
         r
         for r in runs
@@ -148,7 +114,7 @@ def find_dead_runs(
 def recovery_attempts(client: SyncPrefectClient, run_id: UUID) -> list[dict[str, Any]]:
     """The recoveries recorded on the run so far (flow run inputs `upsell-recovery-<n>`), oldest first."""
     attempts: list[dict[str, Any]] = []
-    while (raw := _run_input(client, run_id, f"{RECOVERY_KEY}-{len(attempts) + 1}")) is not None:
+    while (raw := read_run_input(client, run_id, f"{RECOVERY_KEY}-{len(attempts) + 1}")) is not None:
         attempts.append(json.loads(raw))
     return attempts
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
+from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 
@@ -72,3 +75,26 @@ def task_runs(run_id: UUID | str) -> list:
         return client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(run_id))])), limit=200
         )
+
+
+@contextmanager
+def saved_blocks(documents: dict[str, Block]) -> Iterator[None]:
+    """Save each block as its document; on exit delete every one saved, even when the test (or a save) failed.
+
+    Block documents are global on the session's Prefect server and other tests expect the local stand-ins, so a
+    leftover document fails here, naming it, after the others are deleted.
+    """
+    saved: list[tuple[type[Block], str]] = []
+    try:
+        for name, block in documents.items():
+            block.save(name, overwrite=True)
+            saved.append((type(block), name))
+        yield
+    finally:
+        failures = []
+        for cls, name in saved:
+            try:
+                cls.delete(name)
+            except Exception as exc:  # delete the rest, then fail: a leftover document breaks other tests
+                failures.append(f"{name}: {exc!r}")
+        assert not failures, f"block documents not deleted: {failures}"

@@ -41,7 +41,7 @@ from tests.fakes.ses import parse_raw, sent_raw_messages
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.usage_api import UsageApiState, create_app
 from tests.fakes.zoom_api import FakeZoom
-from tests.support import find_run_id, resume, wait_until_paused
+from tests.support import find_run_id, resume, saved_blocks, wait_until_paused
 
 REGION = "us-east-1"
 USAGE_TOKEN = "usage-token-flow"
@@ -163,21 +163,9 @@ def wiring(fakes: Fakes, moto_url: str, mongo_uri: str) -> Iterator[Wiring]:
         ),
     }
     assert set(documents) == {spec.document for spec in SERVICES.values()}  # every integration, none left out
-    saved: list[tuple[type[Block], str]] = []
-    try:
-        for name, block in documents.items():
-            block.save(name, overwrite=True)
-            saved.append((type(block), name))
+    with saved_blocks(documents):
         yield wired
-    finally:
-        failures = []
-        for cls, name in saved:
-            try:
-                cls.delete(name)
-            except Exception as exc:  # delete the rest, then fail: a leftover document breaks other tests
-                failures.append(f"{name}: {exc!r}")
-        assert not failures, f"block documents not deleted: {failures}"
-        assert [s for s in SERVICES if load_block(s) is not None] == []  # the stand-ins are back for other tests
+    assert [s for s in SERVICES if load_block(s) is not None] == []  # the stand-ins are back for other tests
 
 
 def _run(alert: UsageAlert, reply: str = "yes") -> tuple[UpsellOutcome, str]:

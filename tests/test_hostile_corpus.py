@@ -49,7 +49,7 @@ from tests.fakes.server import serve_in_thread
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.usage_api import UsageApiState, create_app
 from tests.hostile_corpus import CORPUS
-from tests.support import find_run_id, read_run, resume, wait_until_paused
+from tests.support import find_run_id, read_run, resume, saved_blocks, wait_until_paused
 
 TOKEN = "usage-token-hostile"
 GROUP = 3  # corpus strings per upsell run
@@ -78,15 +78,10 @@ def fakes() -> Iterator[Fakes]:
         "upsell-usage": HttpUsageSource(base_url=usage_url, token=SecretStr(TOKEN)),
         "upsell-crm": HttpCrmSource(base_url=usage_url, token=SecretStr(TOKEN), field_mapping={"current_spend": "arr"}),
     }  # fmt: skip
-    saved: list[tuple[type[Block], str]] = []
     try:
-        for name, block in blocks.items():
-            block.save(name, overwrite=True)
-            saved.append((type(block), name))
-        yield Fakes(anthropic_api, slack_api, usage)
+        with saved_blocks(blocks):
+            yield Fakes(anthropic_api, slack_api, usage)
     finally:
-        for cls, name in saved:  # other tests expect the local stand-ins
-            cls.delete(name)
         stop_usage()
         anthropic_api.stop()
         slack_api.stop()

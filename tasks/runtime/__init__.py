@@ -1,0 +1,1 @@
+"""Helpers the steps share for reading Prefect's records of upsell runs."""

@@ -1,0 +1,59 @@
+"""Reading upsell flow runs and their flow run inputs through Prefect's client, past the API's page size."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+PAGE = 200  # the API answers at most this many runs per call
+
+
+def upsell_runs(
+    client: SyncPrefectClient,
+    types: list[StateType],
+    ids: list[UUID] | None = None,
+    *,
+    limit: int | None = None,
+    sort: FlowRunSort | None = None,
+) -> list[FlowRun]:
+    """The upsell runs in one of `types` (optionally only these ids), page by page, at most `limit`."""
+    runs: list[FlowRun] = []
+    state = FlowRunFilterState(type=FlowRunFilterStateType(any_=types))
+    run_filter = FlowRunFilter(state=state, id=FlowRunFilterId(any_=ids) if ids else None)
+    while limit is None or len(runs) < limit:
+        size = PAGE if limit is None else min(PAGE, limit - len(runs))
+        page = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])),
+            flow_run_filter=run_filter,
+            sort=sort,
+            limit=size,
+            offset=len(runs),
+        )
+        runs.extend(page)
+        if len(page) < size:
+            break
+    return runs
+
+
+def read_run_input(client: SyncPrefectClient, run_id: UUID, key: str) -> str | None:
+    """The flow run input stored under `key`, or None when there is none (the sync client answers a 404)."""
+    try:
+        return client.read_flow_run_input(run_id, key)
+    except ObjectNotFound:
+        return None
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return None
+        raise
