@@ -226,6 +226,9 @@ class SlackResult(BaseModel):
     provider: str = ""
     error: str | None = None
     withheld: str = Field(default="", description="Why the summary failed the safety check (a notice went instead).")
+    outcome_unknown: bool = Field(
+        default=False, description="An earlier attempt died during the post: whether it reached Slack is unknown."
+    )
 
 
 class Meeting(BaseModel):
@@ -275,6 +278,10 @@ class UpsellOutcome(BaseModel):
     planner_reason: str = ""
     slack_posted: bool = False
     reviewer_note: str = ""
+    unknown_outcomes: list[str] = Field(
+        default_factory=list,
+        description="Outward steps an earlier attempt died in: not repeated, for a human to check.",
+    )
     standins: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds spent per step.")
 

@@ -258,6 +258,7 @@ def run_upsell(
             timings=collect_timings(),
             planner=planned.planner,
             planner_reason=planned.reason,
+            unknown_outcomes=list(unknown),
             **extra,
         )
 
@@ -279,6 +280,7 @@ def run_upsell(
             **fields,
         )
 
+    unknown: list[str] = []  # outward steps an earlier attempt died in: never repeated, flagged for a human
     draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan))
     if level is AutomationLevel.HUMAN_INTERVENTION:
         approval = wait_for(
@@ -341,10 +343,14 @@ def run_upsell(
 
     slack = journal.step("slack", SlackResult, post_summary)
     journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error, withheld=slack.withheld or None)
+    if slack.outcome_unknown:
+        unknown.append("Slack summary")
     if slack.withheld and level is AutomationLevel.FULL_AUTOMATION:
         level = AutomationLevel.HYBRID  # the summary failed the safety check: a human reviews before the final steps
 
     if email.status in ("unknown", "blocked"):
+        if email.status == "unknown":
+            unknown.insert(0, "email")
         why = "email outcome unknown" if email.status == "unknown" else "email withheld by the safety check"
         return finish(
             UpsellStatus.NEEDS_REVIEW,
@@ -415,7 +421,9 @@ def run_upsell(
                     reviewer_note=decision.note,
                 )
         meeting = create_zoom_meeting(alert, contract, plan)
-        if meeting is not None:
+        if meeting is None:  # an earlier attempt died while booking it
+            unknown.append("Zoom meeting")
+        else:
             journal.reach(
                 UpsellStage.MEETING_SCHEDULED, join_url=meeting.join_url, start_time=meeting.start_time.isoformat()
             )
@@ -442,15 +450,19 @@ def run_upsell(
             )
         estimated_value, note = review.estimated_value, review.note
 
+    status = UpsellStatus.COMPLETED
+    if unknown:  # done, but a human checks whether the step an earlier attempt died in reached the customer
+        status = UpsellStatus.NEEDS_REVIEW
+        note = "; ".join(filter(None, [note, f"outcome unknown (an attempt died during it): {', '.join(unknown)}"]))
     return finish(
-        UpsellStatus.COMPLETED,
+        status,
         email=email,
         reply=reply,
         meeting=meeting,
         slack_posted=slack.posted,
         reviewer_note=note,
         log=opportunity(
-            UpsellStatus.COMPLETED,
+            status,
             reply,
             email,
             estimated_value=estimated_value,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tasks.interfaces import OpportunityStore, SendOutcomeUnknown
+from tasks.runtime.faults import fault_point
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ def run_once(store: OpportunityStore, event_id: str, step: str, action: Callable
         return Once("unknown", detail=detail)
     if claim.status == "unknown":
         return Once("unknown", detail="flagged earlier: outcome unknown, waiting for a human")
+    fault_point(step, "before", event_id)  # crash tests: the claim is taken, the call not made
     try:
         result = action()
     except (SendOutcomeUnknown, TimeoutError) as exc:
@@ -42,5 +44,6 @@ def run_once(store: OpportunityStore, event_id: str, step: str, action: Callable
     except Exception as exc:
         store.release(event_id, step, repr(exc))
         raise
+    fault_point(step, "after", event_id)  # crash tests: the call returned, its record not completed
     store.complete(event_id, step, result)
     return Once("done", result)

@@ -138,7 +138,8 @@ def post_slack_summary(
     provider = type(notifier).__name__
     reason = "; ".join(withheld)
     if done.status == "unknown":
-        return SlackResult(posted=False, provider=provider, error=done.detail, withheld=reason)
+        logger.warning("Slack summary for event %s has an unknown outcome; flagged for a human", alert.event_id)
+        return SlackResult(posted=False, provider=provider, error=done.detail, withheld=reason, outcome_unknown=True)
     result = done.result or {}
     logger.info(
         "Slack summary %s in %s", "posted" if done.status == "done" else "already posted", result.get("channel")
