@@ -146,3 +146,26 @@ def test_an_unsubscribe_is_kept_while_prefect_is_down_and_applied_when_it_is_bac
     with ReceiverThread(back):
         _until(lambda: not ReceiverStore(back.receiver_db_path).pending_unsubscribes())
     assert suppressions.is_suppressed(email)
+
+
+def test_an_open_upsell_whose_process_died_no_longer_takes_alerts_and_its_cooldown_starts(
+    deployment: str, prefect_server: str, tmp_path: Path
+) -> None:
+    from prefect.states import Running
+
+    settings = _settings(tmp_path, prefect_server, dead_after_s=1.0)
+    first = alert()
+    account = {"account_id": first["account_id"]}
+    with ReceiverThread(settings) as receiver, httpx.Client(base_url=receiver.url, timeout=30) as http:
+        started = post_alert(http, first).json()
+        assert started["triggered"], started
+        run_id = started["flow_run_id"]
+        with get_client(sync_client=True) as client:  # a runner took it, then died (no heartbeat ever comes)
+            client.set_flow_run_state(run_id, Running(), force=True)
+        while_alive = post_alert(http, alert(**account)).json()
+        time.sleep(1.3)
+        once_dead = post_alert(http, alert(**account)).json()
+
+    assert (while_alive["reason"], while_alive["flow_run_id"]) == ("open_upsell", run_id)
+    assert once_dead["reason"] == "cooldown", once_dead  # not attached to a run that will not go on
+    assert "cooldown until" in once_dead["detail"]

@@ -9,13 +9,14 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -24,6 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from deployments.api import create_upsell_run, deployment_id_for
 from flows.models import STAGE_ORDER, UsageAlert, automation_level_for
 from tasks.integrations import resolve
+from tasks.recover_runs import HEARTBEAT_EVENT
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus
 from webhook.settings import ReceiverSettings
 from webhook.store import ReceiverStore
@@ -246,10 +248,40 @@ class AlertDispatcher:
             self.store.update(upsell["event_id"], ended_at=time.time())
             return False
         if run.state is None or not run.state.is_final():
-            return True
+            dead = await self._dead(run)
+            if dead is None:
+                return True
+            # its process died: the account's upsell is over for the receiver (the cooldown starts now); the
+            # recovery sweep runs the dead run again or ends it Failed, attached alerts stay on it
+            logger.warning("Upsell run %s of event %s is dead (%s): not attaching to it", run.id,
+                           upsell["event_id"], dead)  # fmt: skip
+            self.store.update(upsell["event_id"], ended_at=time.time())
+            return False
         ended = run.end_time or run.state.timestamp
         self.store.update(upsell["event_id"], ended_at=ended.timestamp() if ended else time.time())
         return False
+
+    async def _dead(self, run: FlowRun) -> str | None:
+        """Why a run that is not final will not go on by itself (no heartbeat, no runner), or None if alive.
+
+        The same signs the recovery sweep reads: Running with no `prefect.flow-run.heartbeat` for
+        `dead_after_s`, or Pending that long. A waiting run is alive: it holds no process.
+        """
+        state = run.state
+        after = self.settings.dead_after_s
+        stale = datetime.now(UTC) - timedelta(seconds=after)
+        if state is None or state.timestamp >= stale:
+            return None
+        if state.type is StateType.PENDING:
+            return f"Pending for over {after:g} s"
+        if state.type is not StateType.RUNNING:
+            return None
+        page = await self._call(lambda: self.client.read_events(
+            filter=EventFilter(occurred=EventOccurredFilter(since=stale),
+                               event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+                               resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"])),
+            limit=1))  # fmt: skip
+        return None if page.events else f"Running with no heartbeat for {after:g} s"
 
     # ---- the spool ----
 

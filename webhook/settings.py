@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from flows.models import Severity
+from flows.recovery import STALE_AFTER_S
 from tasks.settings import UpsellSettings
 
 DEFAULT_METRICS = ["trade_volume", "trade_value", "balance_change"]
@@ -47,6 +48,12 @@ class ReceiverSettings(UpsellSettings):
     )
     cooldown_s: float = Field(
         default=14 * 86400.0, ge=0, description="Quiet period per account after an upsell ends (14 days)."
+    )
+    dead_after_s: float = Field(
+        default=STALE_AFTER_S,
+        gt=0,
+        description="An open upsell Running with no heartbeat (or Pending) this long is dead: alerts no longer"
+        " attach to it and the account's cooldown starts.",
     )
     receiver_db: Path | None = Field(
         default=None, description="Receiver SQLite file (dedupe, spool, used links); default <data_dir>/receiver.db."
