@@ -7,12 +7,15 @@ first access (module `__getattr__`) from the environment, so importing this modu
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from urllib.parse import parse_qs
+from uuid import UUID
 
 import httpx
 from fastapi import Depends, FastAPI, Request
@@ -73,7 +76,7 @@ async def read_signed_body(request: Request, settings: SettingsDep) -> bytes:
                       f"{content_type or 'none'!r}", field="content-type")
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Refused(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}", field="body")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -102,7 +105,9 @@ def parse_alert(body: bytes) -> AlertPayload:
         alert = AlertPayload.model_validate_json(body)
     except ValidationError as exc:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body", "type": e["type"], "detail": e["msg"]}
+            # an unknown field may be named "": only an error without a location is about the whole body
+            {"field": ".".join(str(p) for p in e["loc"]) if e["loc"] else "body", "type": e["type"],
+             "detail": e["msg"]}
             for e in exc.errors(include_url=False, include_input=False)
         ]
         first = errors[0]
@@ -120,17 +125,56 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: A token as `sign_token` spells it: base64url payload, one dot, base64url MAC, no padding.
+_TOKEN_SPELLING = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def canonical_token(token: str) -> bool:
+    """Whether the token is spelled exactly as `sign_token` writes it.
+
+    `verify_token` decodes the MAC leniently (padding, characters outside base64url and the unused low bits of
+    the last character are ignored), so one signed link has many spellings, and each spelling has its own
+    used-link key: without this check, "token=" or "token!!!!" used a link a second time.
+    """
+    if not _TOKEN_SPELLING.fullmatch(token):
+        return False
+    mac = token.split(".", 1)[1]
+    try:
+        raw = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+    except ValueError:
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == mac
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _altered() -> Response:
+    return page("This link is not valid", "The link is incomplete or was altered. Nothing was changed.", 403)
+
+
 def open_link(token: str, settings: ReceiverSettings, *, unsubscribe: bool) -> LinkToken | Response:
     """The verified token, or the page that says why it cannot be used (403 forged, 410 expired)."""
+    if not canonical_token(token):
+        return _altered()
     try:
         link = verify_token(token, settings.link_secret.get_secret_value())
     except InvalidToken as exc:
         if exc.expired:
             return page("This link has expired", "Links in our emails and messages expire. Nothing was changed.",
                         410)
-        return page("This link is not valid", "The link is incomplete or was altered. Nothing was changed.", 403)
+        return _altered()
+    except RecursionError:  # correctly signed JSON nested deeper than the json module parses: not a link we made
+        return _altered()
     if unsubscribe != (link.wait == "unsubscribe") or (not unsubscribe and link.wait not in WAIT_INPUTS):
         return page("This link is not valid", "This link does not belong here. Nothing was changed.", 403)
+    if not unsubscribe and not _is_uuid(link.flow_run_id):  # a reply/approval link answers one flow run
+        return page("This link is not valid", "The link names no request. Nothing was changed.", 403)
     return link
 
 

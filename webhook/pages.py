@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from html import escape
 from typing import Any
 
@@ -38,8 +39,18 @@ def describe(wait: str, value: dict[str, Any]) -> tuple[str, str, str]:
     approved = bool(value.get("approved"))
     verb = "Approve" if approved else "Reject"
     amount = value.get("estimated_value")
-    worth = f" (estimated value ${amount:,.0f}/yr)" if isinstance(amount, int | float) else ""
+    worth = f" (estimated value ${amount:,.0f}/yr)" if _finite_number(amount) else ""
     return f"{verb} the upsell", f"{verb} this upsell opportunity{worth}?", verb
+
+
+def _finite_number(value: Any) -> bool:
+    """A number that formats as one: not a bool, NaN or infinity, nor an int too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # math.isfinite converts an int to a float first
+        return False
 
 
 def confirm_form(label: str, hidden: dict[str, str] | None = None) -> str:

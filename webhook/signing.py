@@ -37,7 +37,8 @@ def verify_signature(
         if not sep:
             raise SignatureError(f"malformed {SIGNATURE_HEADER} header: expected t=<unix seconds>,v1=<hex>")
         if key == "t":
-            if not value.isdigit() or len(value) > 12:
+            # ASCII digits only: str.isdigit() is also true of "²" and other digits int() refuses (a 500)
+            if not (value.isascii() and value.isdigit()) or len(value) > 12:
                 raise SignatureError(f"malformed {SIGNATURE_HEADER} header: t must be unix seconds")
             timestamp = int(value)
         elif key == "v1":
