@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -305,9 +305,13 @@ def approve(
 def runs(
     limit: Annotated[int, typer.Option(help="How many runs to list (pages through the API past 200).")] = 50,
     stale_after_s: Annotated[float, typer.Option(help="A run is dead after this long without a heartbeat.")] = 90.0,
+    failed_within_h: Annotated[
+        float, typer.Option(help="Also list upsells that ended Failed this recently (0: none), with the reason.")
+    ] = 24.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List open upsells (not finished, or Crashed) with their stage, age and health (live, dead, waiting)."""
+    """List open upsells (not finished, or Crashed) with their stage, age and health (live, dead, waiting),
+    and the upsells that ended Failed in the last day (given up after their recoveries, or a failed step)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
@@ -320,8 +324,13 @@ def runs(
     with get_client(sync_client=True) as client:
         found = upsell_runs(client, open_types, limit=limit, sort=FlowRunSort.START_TIME_DESC)
         dead = {d.run.id: d for d in dead_among(client, found, now, stale_after_s)}
+        if failed_within_h > 0:
+            found += upsell_runs(client, [StateType.FAILED], limit=limit, sort=FlowRunSort.END_TIME_DESC,
+                                 ended_after=now - timedelta(hours=failed_within_h))  # fmt: skip
 
     def health(run: Any) -> str:
+        if run.state and run.state.type is StateType.FAILED:
+            return f"failed: {run.state.message or 'no reason recorded'}"
         if run.id in dead:
             return f"dead: {dead[run.id].problem} (run `upsell recover {run.id}`)"
         if run.state and run.state.is_paused():

@@ -101,6 +101,15 @@ def test_a_crashed_run_is_retried_with_backoff_then_fails_with_the_reason(prefec
     with get_client(sync_client=True) as client:
         assert json.loads(client.read_flow_run_input(run_id, f"{RECOVERY_KEY}-2"))["problem"] == "crashed"
 
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    listed = CliRunner().invoke(app, ["runs", "--json", "--limit", "500"])
+    assert listed.exit_code == 0, listed.output
+    health = {row["flow_run_id"]: row["health"] for row in json.loads(listed.output)}
+    assert health[str(run_id)] == f"failed: {final.message}"  # the operator sees the run that was given up on
+
 
 def test_a_wait_saved_without_its_schema_is_repaired_and_can_be_answered(runner: Any) -> None:
     alert = _alert()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
@@ -9,6 +10,7 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterEndTime,
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -27,11 +29,16 @@ def upsell_runs(
     *,
     limit: int | None = None,
     sort: FlowRunSort | None = None,
+    ended_after: datetime | None = None,
 ) -> list[FlowRun]:
-    """The upsell runs in one of `types` (optionally only these ids), page by page, at most `limit`."""
+    """The upsell runs in one of `types` (optionally only these ids, or ended after a time), at most `limit`."""
     runs: list[FlowRun] = []
     state = FlowRunFilterState(type=FlowRunFilterStateType(any_=types))
-    run_filter = FlowRunFilter(state=state, id=FlowRunFilterId(any_=ids) if ids else None)
+    run_filter = FlowRunFilter(
+        state=state,
+        id=FlowRunFilterId(any_=ids) if ids else None,
+        end_time=FlowRunFilterEndTime(after_=ended_after) if ended_after else None,
+    )
     while limit is None or len(runs) < limit:
         size = PAGE if limit is None else min(PAGE, limit - len(runs))
         page = client.read_flow_runs(
