@@ -6,7 +6,7 @@ import anthropic
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tasks.claude import ClaudePlanner, rate_limited
+from tasks.claude import ClaudePlanner, rate_limited, within_step
 
 
 class AnthropicCredentials(Block):
@@ -37,6 +37,6 @@ class AnthropicCredentials(Block):
             base_url=self.base_url or None,
             timeout=self.timeout_s,
             max_retries=self.max_retries,
-            middleware=[rate_limited],
+            middleware=[rate_limited, within_step(self.timeout_s)],
         )
         return ClaudePlanner(client, model=self.model, max_tokens=self.max_tokens, max_value_ratio=self.max_value_ratio)

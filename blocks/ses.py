@@ -7,6 +7,7 @@ from botocore.config import Config
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from tasks.policy import request_timeout
 from tasks.ses_client import SesEmailClient
 
 
@@ -42,8 +43,8 @@ class SesEmailSender(Block):
         )
         config = Config(
             retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: no hidden resend
-            connect_timeout=self.connect_timeout_s,
-            read_timeout=self.read_timeout_s,
+            connect_timeout=request_timeout(self.connect_timeout_s),
+            read_timeout=request_timeout(self.read_timeout_s),
             user_agent_extra="upsell/0.1",
         )
         client = session.client("sesv2", endpoint_url=self.endpoint_url or None, config=config)

@@ -6,6 +6,7 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from tasks.policy import cap_request_timeout
 from tasks.sources import HttpCrmClient, HttpUsageClient
 
 
@@ -13,7 +14,10 @@ def _http_client(base_url: str, token: SecretStr | None, timeout_s: float) -> ht
     headers = {"Accept": "application/json", "User-Agent": "upsell/0.1"}
     if token is not None and token.get_secret_value():
         headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-    return httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+    # each request's timeout also ends with the running step's (see cap_request_timeout)
+    return httpx.Client(
+        base_url=base_url, headers=headers, timeout=timeout_s, event_hooks={"request": [cap_request_timeout]}
+    )
 
 
 class HttpUsageSource(Block):

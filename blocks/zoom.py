@@ -6,6 +6,7 @@ import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
+from tasks.policy import cap_request_timeout
 from tasks.zoom_client import ZoomClient
 
 
@@ -30,6 +31,7 @@ class ZoomCredentials(Block):
             base_url=self.api_base_url.rstrip("/"),
             timeout=self.timeout_s,
             headers={"Accept": "application/json", "User-Agent": "upsell/0.1"},
+            event_hooks={"request": [cap_request_timeout]},  # each request also ends with the running step's
         )
         return ZoomClient(
             http,

@@ -121,8 +121,9 @@ def share_prefect_ssl_contexts() -> None:
 class ThreadTimeoutNotice(logging.Filter):
     """Drops Prefect's warning, logged on every task run executed outside the main thread, that the task's
     timeout cannot interrupt a blocking call there. Every served run executes in a worker thread here, so it
-    would be a warning on every step of every run; the runner says it once at start instead. Each
-    integration client carries its own request timeout (see the blocks), which is what bounds a hung call.
+    would be a warning on every step of every run; the runner says it once at start instead. What bounds a hung
+    call is that every outside wait of a step (each vendor request, a rate-limit slot) ends, at the latest, with
+    the step's timeout (`tasks.policy.request_timeout`).
     """
 
     PREFIX = "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
@@ -136,8 +137,8 @@ def quiet_thread_timeout_notices() -> None:
     if not any(isinstance(f, ThreadTimeoutNotice) for f in task_runs.filters):
         task_runs.addFilter(ThreadTimeoutNotice())
         logger.info(
-            "Flow runs execute in threads: a step's timeout takes effect once its blocking call returns; the"
-            " integration clients' own request timeouts bound each call."
+            "Flow runs execute in threads: a step's timeout takes effect once its blocking call returns; each"
+            " vendor request and rate-limit wait of a step ends with the step's timeout at the latest."
         )
 
 

@@ -37,34 +37,37 @@ DEFAULT_PROCESS_LIMIT = 8  # each flow-run process is ~150 MiB and 1.5 s of CPU 
 DEFAULT_EXECUTING = 8
 
 
-def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S) -> list[RunnerDeployment]:
+def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S, name_suffix: str = "") -> list[RunnerDeployment]:
     """`upsell`, the `reply-timeouts` sweep (every 5 minutes), the `upsell-recovery` sweep (every minute) and
     the daily `upsell-backfill`.
 
     `sweep_interval_s=0` serves them without schedules (tests and the demo trigger them explicitly).
+    `name_suffix` names each deployment `<name>-<suffix>`: a second set beside the main one, which a runner
+    serving the main set never picks runs of (nor pauses when it stops).
     """
+    suffix = f"-{name_suffix}" if name_suffix else ""
     deployments = [
         upsell.to_deployment(
-            name="upsell",
+            name=f"upsell{suffix}",
             description="Turns a usage alert into an upsell. Triggered by the receiver, once per event id.",
             tags=["upsell"],
             enforce_parameter_schema=True,
         ),
         reply_timeouts.to_deployment(
-            name="reply-timeouts",
+            name=f"reply-timeouts{suffix}",
             description="Resumes waits past their deadline with no_reply, so they end Completed.",
             interval=sweep_interval_s if sweep_interval_s else None,
             tags=["upsell"],
         ),
         upsell_recovery.to_deployment(
-            name="upsell-recovery",
+            name=f"upsell-recovery{suffix}",
             description="Runs dead upsells again (crashed, no heartbeat, stuck Pending), at most 3 times with"
             " backoff, and repairs waits saved without their input schema.",
             interval=RECOVERY_INTERVAL_S if sweep_interval_s else None,
             tags=["upsell"],
         ),
         upsell_backfill.to_deployment(
-            name="upsell-backfill",
+            name=f"upsell-backfill{suffix}",
             description="Finds qualifying alerts in a time window that have no upsell yet and triggers them.",
             cron=BACKFILL_CRON if sweep_interval_s else None,
             tags=["upsell"],
@@ -104,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
         help="Seconds between reply-timeout sweeps; 0 disables the schedule.",
     )
     parser.add_argument(
+        "--name-suffix",
+        default="",
+        help="Serve each deployment as <name>-<suffix> (e.g. upsell/upsell-canary), beside the main set; point the"
+        " receiver at it with UPSELL_DEPLOYMENT_NAME.",
+    )
+    parser.add_argument(
         "--no-rate-limits",
         action="store_true",
         help="Do not create the vendors' global concurrency limits (upsell-slack, upsell-anthropic, ...).",
@@ -130,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             pause_on_shutdown=True, limit=limit, executing=args.executing, heartbeat_seconds=HEARTBEAT_S
         )
     )
-    deployments = build_deployments(args.sweep_interval)
+    deployments = build_deployments(args.sweep_interval, args.name_suffix)
     flows: dict[str, Any] = {f.name: f for f in (upsell, reply_timeouts, upsell_recovery, upsell_backfill)}
     for deployment in deployments:
         if InProcessRunner is not None and isinstance(runner, InProcessRunner):

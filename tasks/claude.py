@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, cast
 
 import anthropic
@@ -14,6 +15,7 @@ from tasks.catalogue import Catalogue, load_catalogue
 from tasks.content.admission import plan_problem, value_cap
 from tasks.content.untrusted import normalise
 from tasks.planner import RuleBasedPlanner
+from tasks.policy import request_timeout
 from tasks.ratelimits import acquire_rate_limit
 
 RATE_LIMIT = "upsell-anthropic"
@@ -183,3 +185,13 @@ def rate_limited(request: Any, call_next: Any) -> Any:
     """SDK middleware: take an `upsell-anthropic` slot before every attempt, the SDK's own retries included."""
     acquire_rate_limit(RATE_LIMIT)
     return call_next(request)
+
+
+def within_step(timeout_s: float) -> Callable[[Any, Any], Any]:
+    """SDK middleware (after `rate_limited`): each attempt's timeout ends with the running step's at the latest."""
+
+    def capped(request: Any, call_next: Any) -> Any:
+        own = request.timeout if isinstance(request.timeout, int | float) else timeout_s
+        return call_next(request.copy(timeout=request_timeout(own)))
+
+    return capped

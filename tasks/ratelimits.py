@@ -14,6 +14,8 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import rate_limit
 
+from tasks.policy import request_timeout
+
 logger = logging.getLogger(__name__)
 
 #: Longest a request waits for a rate-limit slot before its step fails (and is retried by the task).
@@ -49,7 +51,12 @@ class RateLimitSlotUnavailable(Exception):
 
 
 def acquire_rate_limit(name: str, timeout_s: float = SLOT_TIMEOUT_S) -> None:
-    """Take one slot of the global rate limit `name` if it exists; wait for it when the vendor's rate is used up."""
+    """Take one slot of the global rate limit `name` if it exists; wait for it when the vendor's rate is used up.
+
+    Inside a step the wait ends, at the latest, when the step's timeout does (`request_timeout`): in a worker
+    thread the timeout cannot interrupt it, and a slow Prefect API or a used-up rate would hold the step past it.
+    """
+    timeout_s = request_timeout(timeout_s)
     try:
         rate_limit(name, occupy=1, timeout_seconds=timeout_s, strict=False)
     except AcquireConcurrencySlotTimeoutError as exc:

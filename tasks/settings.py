@@ -38,6 +38,10 @@ class UpsellSettings(BaseSettings):
     )
     pause_poll_s: int = Field(default=5, ge=1, description="Poll interval of in-process pauses (direct calls).")
     retry_base_delay_s: float = Field(default=10.0, ge=0, description="First retry delay; doubles each retry.")
+    fetch_timeout_s: float = Field(
+        default=300.0, gt=0, description="Timeout of one attempt of a reading step (and of the Slack post)."
+    )
+    send_timeout_s: float = Field(default=600.0, gt=0, description="Timeout of one attempt of a sending step.")
     deployment_name: str = "upsell/upsell"
     sender_name: str = "Upsell Team"
     sender_postal_address: str = "Example Corp, 1 Market Street, San Francisco, CA 94105"

@@ -9,6 +9,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from tasks.interfaces import PermanentError, SlackPost
+from tasks.policy import request_timeout
 from tasks.ratelimits import acquire_rate_limit
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class SlackNotifier:
         self, client: WebClient, channel: str, *, max_rate_limit_retries: int = 3, max_retry_after_s: float = 30.0
     ) -> None:
         self.client = client
+        self.timeout_s: float = client.timeout
         self.channel = channel
         self.max_rate_limit_retries = max_rate_limit_retries
         self.max_retry_after_s = max_retry_after_s
@@ -60,6 +62,9 @@ class SlackNotifier:
         channel = message.channel or self.channel
         for attempt in range(self.max_rate_limit_retries + 1):
             acquire_rate_limit(RATE_LIMIT)
+            # this request ends with the running step at the latest (see request_timeout); urllib takes float
+            # seconds, slack-sdk's hint says int
+            self.client.timeout = request_timeout(self.timeout_s)  # type: ignore[assignment]
             try:
                 response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks)
             except SlackApiError as exc:

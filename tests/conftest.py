@@ -8,7 +8,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 # Before Prefect is imported: no telemetry (no outside network here), a private PREFECT_HOME, quick retries.
@@ -50,27 +50,59 @@ def event_id() -> str:
 
 
 class Runner:
-    """A `python -m deployments.serve` process serving the deployments against the test server."""
+    """A `python -m deployments.serve` process serving the deployments against the test server.
 
-    def __init__(self, api_url: str, data_dir: Path) -> None:
+    By default it serves the main set (`upsell/upsell`, ...), in threads. `name_suffix` serves a set of its own
+    (`upsell/upsell-<suffix>`, ...) that the session's runner never takes runs of; `serve_args` adds options
+    (`--processes`), `launcher` replaces `-m deployments.serve` (e.g. `-c` code calling `main`), `env` adds
+    variables.
+    """
+
+    def __init__(
+        self,
+        api_url: str,
+        data_dir: Path,
+        *,
+        name_suffix: str = "",
+        serve_args: Sequence[str] = (),
+        launcher: Sequence[str] = ("-m", "deployments.serve"),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        self.log_path = data_dir.parent / "runner.log"
+        self.suffix = f"-{name_suffix}" if name_suffix else ""
+        self.log_path = data_dir.parent / f"runner{self.suffix}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
+        process_env = {
             **os.environ,
             "PREFECT_API_URL": api_url,
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
             "UPSELL_DATA_DIR": str(data_dir),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
+        args = ["--sweep-interval", "0", "--no-rate-limits", *serve_args]
+        if name_suffix:
+            args += ["--name-suffix", name_suffix]
         self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "deployments.serve", "--sweep-interval", "0", "--no-rate-limits"],
-            cwd=REPO,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        self._command = [sys.executable, *launcher, *args]
+        self._env = process_env
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._command, cwd=REPO, env=self._env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """SIGKILL the serving process, as a lost machine would: its runs are left as they were."""
+        self.process.kill()
+        self.process.wait()
+
+    def restart(self) -> None:
+        self.process = self._start()
+        self.wait_ready()
+
+    @property
+    def upsell_deployment(self) -> str:
+        return f"upsell/upsell{self.suffix}"
 
     def wait_ready(self, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
@@ -79,8 +111,8 @@ class Runner:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"runner exited: {self.log_path.read_text()[-2000:]}")
                 try:
-                    client.read_deployment_by_name("upsell/upsell")
-                    client.read_deployment_by_name("reply-timeouts/reply-timeouts")
+                    client.read_deployment_by_name(self.upsell_deployment)
+                    client.read_deployment_by_name(f"reply-timeouts/reply-timeouts{self.suffix}")
                     return
                 except Exception:
                     time.sleep(0.5)

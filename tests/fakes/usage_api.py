@@ -1,7 +1,7 @@
 """A fake usage/CRM API: `GET /usage/{account_id}?metric=` and `GET /contracts/{account_id}` with a bearer token.
 
-It records every request and can be told to answer 500 N times, 429 with Retry-After, slowly, or with a
-malformed body.
+It records every request and can be told to answer 500 N times, 429 with Retry-After, slowly, with a
+malformed body, or never (the requests to the paths in `never_answer`: a hung API).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class UsageApiState:
     slow_s: float = 0.0  # delay of the next slow answer
     slow_count: int = 0  # how many answers are slow
     malformed: int = 0  # answer a body that does not match the schema to the next N requests
+    never_answer: set[str] = field(default_factory=set)  # request paths accepted and not answered while listed
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,6 +49,7 @@ class UsageApiState:
             self.usage.clear()
             self.contracts.clear()
             self.seen.clear()
+            self.never_answer.clear()
             self.fail_500 = self.throttle_429 = self.slow_count = self.malformed = 0
             self.slow_s = 0.0
 
@@ -70,6 +72,10 @@ def create_app(state: UsageApiState) -> FastAPI:
             )
             if request.headers.get("authorization") != f"Bearer {state.token}":
                 return JSONResponse({"error": "unauthorized"}, status_code=401)
+            hang = request.url.path in state.never_answer
+        while hang and request.url.path in state.never_answer:  # only the client's (or its step's) timeout ends it
+            await asyncio.sleep(0.1)
+        with state.lock:
             if state.fail_500 > 0:
                 state.fail_500 -= 1
                 return JSONResponse({"error": "internal"}, status_code=500)
