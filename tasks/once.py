@@ -44,6 +44,9 @@ def run_once(store: OpportunityStore, event_id: str, step: str, action: Callable
     except Exception as exc:
         store.release(event_id, step, repr(exc))
         raise
+    except BaseException as exc:  # interrupted mid-call (the step's timeout, a cancellation): it may have gone out
+        store.mark_unknown(event_id, step, f"interrupted during the call: {type(exc).__name__}")
+        raise
     fault_point(step, "after", event_id)  # crash tests: the call returned, its record not completed
     store.complete(event_id, step, result)
     return Once("done", result)
