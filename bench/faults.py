@@ -1,15 +1,15 @@
 """Fault injection around every outward call: the process running an upsell is SIGKILLed just before or just
 after an email, a Slack post or a meeting (the `UPSELL_FAULTS` hook), and the upsell is recovered.
 
-    python bench/faults.py [--runs 100] [--seed 1] [--processes]
+    python bench/faults.py [--runs 100] [--seed 1] [--processes] [--limit 8]
 
 Starts its own Prefect server and `python -m deployments.serve` with `UPSELL_FAULTS=random:<seed>`: every
 event dies once at a point picked for it from the 6 (3 outward steps x before/after). `--runs` upsells at
 FULL_AUTOMATION, every reply answered "yes" (so each one reaches all three outward steps). Recovery is what an
 operator's `upsell recover` does, run by the bench as soon as a death is seen (detection time is measured by
 bench/crash.py, not here):
-- thread mode (default): the serving process dies with every run it held; the bench reschedules the runs it
-  left Running or Pending and restarts it;
+- thread mode (default): the serving process dies with every run it held (at most `--limit`); the bench
+  reschedules the runs it left Running or Pending and restarts it;
 - `--processes`: only the run's own process dies; Prefect's runner reports the run Crashed, and the bench
   reschedules crashed runs.
 
@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1, help="Picks each event's kill point (random:<seed>).")
     parser.add_argument("--processes", action="store_true", help="Serve with a process per flow run.")
+    parser.add_argument("--limit", type=int, default=8, help="Flow runs in flight at once (serve --limit).")
     parser.add_argument("--max-attempts", type=int, default=50, help="Recoveries allowed per run.")
     parser.add_argument("--settle-s", type=float, default=1200, help="Give up after this long.")
     args = parser.parse_args()
@@ -76,7 +77,8 @@ def main() -> None:
             env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
                    "UPSELL_DATA_DIR": str(data_dir), "UPSELL_RETRY_BASE_DELAY_S": "1",
                    "UPSELL_FAULTS": f"random:{args.seed}"}  # fmt: skip
-            cmd = [sys.executable, "-m", "deployments.serve", "--sweep-interval", "300", "--no-rate-limits"]
+            cmd = [sys.executable, "-m", "deployments.serve", "--sweep-interval", "300", "--no-rate-limits",
+                   "--limit", str(args.limit)]  # fmt: skip
             starts += 1
             return stack.start(f"runner-{starts}", cmd + (["--processes"] if args.processes else []), env)
 

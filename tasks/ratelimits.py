@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import rate_limit
 
 from tasks.policy import request_timeout
@@ -59,9 +58,9 @@ def acquire_rate_limit(name: str, timeout_s: float = SLOT_TIMEOUT_S) -> None:
     timeout_s = request_timeout(timeout_s)
     try:
         rate_limit(name, occupy=1, timeout_seconds=timeout_s, strict=False)
-    except AcquireConcurrencySlotTimeoutError as exc:
+    except TimeoutError as exc:  # Prefect's slot-timeout error is a TimeoutError
         raise RateLimitSlotUnavailable(f"no {name} rate-limit slot within {timeout_s:g}s") from exc
-    except ConcurrencySlotAcquisitionError as exc:
+    except Exception as exc:  # Prefect could not be asked for a slot (its ConcurrencySlotAcquisitionError)
         # Degrade on purpose: the Prefect API being unreachable must not stop the send; the clients still
         # honour the vendor's own 429/Retry-After answers.
         logger.warning("Rate limit %s not applied: %s", name, exc)

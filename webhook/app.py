@@ -299,7 +299,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
         if not store.claim_link(digest, link.flow_run_id, link.wait):
             return used_page()
         try:
-            await dispatcher._call(lambda: resume_wait(dispatcher.client, link.flow_run_id, link.wait, run_input))
+            await dispatcher.call(lambda: resume_wait(dispatcher.client, link.flow_run_id, link.wait, run_input))
         except NotWaitingError:
             store.release_link(digest)  # nothing was resumed: the link may still be valid later
             return page("Nothing to answer right now",

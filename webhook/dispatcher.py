@@ -101,7 +101,7 @@ class AlertDispatcher:
 
     # ---- the Prefect API, bounded in time ----
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def call(self, make: Callable[[], Awaitable[T]]) -> T:
         """One API call, at most `prefect_timeout_s` (Prefect's client retries a dead API for a minute)."""
         try:
             async with asyncio.timeout(self.settings.prefect_timeout_s):
@@ -220,10 +220,10 @@ class AlertDispatcher:
         try:
             # Prefect's idempotency key (upsell:<event_id>) is the second guard: a replay finds the same run
             if self._deployment_id is None:  # looked up once, not once per alert
-                self._deployment_id = await self._call(
+                self._deployment_id = await self.call(
                     lambda: deployment_id_for(self.client, self.settings.deployment_name))
             deployment_id = self._deployment_id
-            return await self._call(lambda: create_upsell_run(
+            return await self.call(lambda: create_upsell_run(
                 self.client, alert, level, deployment_name=self.settings.deployment_name,
                 deployment_id=deployment_id))
         except ObjectNotFound as exc:
@@ -235,7 +235,7 @@ class AlertDispatcher:
     async def _record_on_run(self, flow_run_id: str, alert: UsageAlert) -> None:
         """Keep the attached alert on the open run itself, as a flow run input (`attached_key(event id)`)."""
         try:
-            await self._call(lambda: self.client.create_flow_run_input(
+            await self.call(lambda: self.client.create_flow_run_input(
                 UUID(flow_run_id), key=attached_key(alert.event_id), value=alert.model_dump_json()))
         except ObjectAlreadyExists:  # a replay of the same alert: already recorded
             pass
@@ -243,7 +243,7 @@ class AlertDispatcher:
     async def _still_open(self, upsell: dict[str, Any]) -> bool:
         """Whether the upsell's run is not final yet; a final one is stamped with its end (cooldown start)."""
         try:
-            run = await self._call(lambda: self.client.read_flow_run(UUID(upsell["flow_run_id"])))
+            run = await self.call(lambda: self.client.read_flow_run(UUID(upsell["flow_run_id"])))
         except ObjectNotFound:
             self.store.update(upsell["event_id"], ended_at=time.time())
             return False
@@ -276,7 +276,7 @@ class AlertDispatcher:
             return f"Pending for over {after:g} s"
         if state.type is not StateType.RUNNING:
             return None
-        page = await self._call(lambda: self.client.read_events(
+        page = await self.call(lambda: self.client.read_events(
             filter=EventFilter(occurred=EventOccurredFilter(since=stale),
                                event=EventNameFilter(name=[HEARTBEAT_EVENT]),
                                resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"])),
@@ -410,13 +410,13 @@ class AlertDispatcher:
         if row["status"] == "attached":
             alert = UsageAlert.model_validate_json(self._row(row["open_event_id"])["payload"])
         try:
-            run = await self._call(lambda: self.client.read_flow_run(UUID(row["flow_run_id"])))
+            run = await self.call(lambda: self.client.read_flow_run(UUID(row["flow_run_id"])))
             status.run_state = run.state.name if run.state else None
-            artifacts = await self._call(lambda: self.client.read_artifacts(
+            artifacts = await self.call(lambda: self.client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"upsell-{alert.slug}"])),
                 sort=ArtifactSort.CREATED_DESC, limit=1,
             ))
-            events = await self._call(lambda: self.client.read_events(
+            events = await self.call(lambda: self.client.read_events(
                 filter=EventFilter(
                     occurred=EventOccurredFilter(since=run.created or datetime.now(UTC)),
                     event=EventNameFilter(prefix=["upsell."]),
