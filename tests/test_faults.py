@@ -1,0 +1,188 @@
+"""Kills at the worst moments: the fault hook (`UPSELL_FAULTS`) SIGKILLs the process running an upsell just
+before or just after an outward call, and the serving process is SIGKILLed mid-run. The recovery sweep runs
+the upsell again: nothing is sent twice, and every send whose outcome is unknown is flagged for a human."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.states import Scheduled
+
+from deployments.api import create_upsell_run
+from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
+from flows.recovery import upsell_recovery
+from flows.upsell import upsell
+from tasks.runtime.faults import FAULTS_ENV, all_points, kills_at, random_point
+from tests.support import read_run, resume, wait_until_final, wait_until_paused
+
+REPO = Path(__file__).resolve().parent.parent
+UNSERVED = "upsell/faults"  # nobody serves it: each test executes its runs itself, in a process it can kill
+
+
+def _alert() -> UsageAlert:
+    key = uuid.uuid4().hex[:10]
+    return UsageAlert(event_id=f"evt-fault-{key}", account_id=f"acct-fault-{key}", metric_type="trade_volume",
+                      current_value=150, threshold=100, severity="critical")  # fmt: skip
+
+
+def test_the_hook_kills_only_at_the_points_it_names() -> None:
+    assert kills_at("send_email_draft:before", "send_email_draft", "before", "e1")
+    assert not kills_at("send_email_draft:before", "send_email_draft", "after", "e1")
+    assert not kills_at("send_email_draft:before", "post_slack_summary", "before", "e1")
+    assert kills_at("*:after", "create_zoom_meeting", "after", "e1")
+    assert kills_at(" post_slack_summary:* , x:y", "post_slack_summary", "before", "e1")
+    assert not kills_at("", "send_email_draft", "before", "e1")
+    # random:SEED kills each event at exactly one point, the same one every time, and spreads events over all
+    chosen = [random_point("7", f"evt-{i}") for i in range(120)]
+    assert set(chosen) == set(all_points())
+    for i, point in enumerate(chosen[:20]):
+        step, when = point.split(":")
+        hits = [p for p in all_points() if kills_at("random:7", *p.split(":"), f"evt-{i}")]  # type: ignore[misc]
+        assert hits == [point] and kills_at("random:7", step, when, f"evt-{i}")  # type: ignore[arg-type]
+
+
+def _execute(api_url: str, run_id: UUID, faults: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the flow run as a worker would (`prefect flow-run execute`: a child process), with the fault hook."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, FAULTS_ENV: faults}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    return subprocess.run([prefect, "flow-run", "execute", str(run_id)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+
+
+def _records(data_dir: Path, event_id: str) -> dict[str, tuple[str, int]]:
+    with sqlite3.connect(data_dir / "upsell.db") as db:
+        rows = db.execute("SELECT step, status, attempts FROM idempotency WHERE event_id=?", (event_id,)).fetchall()
+    return {step: (status, attempts) for step, status, attempts in rows}
+
+
+def _calls(data_dir: Path, name: str, account: str) -> int:
+    """Calls the local Slack or Zoom stand-in received (one line per call: a second call would show)."""
+    path = data_dir / name
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(1 for line in lines if account in json.dumps(json.loads(line)))
+
+
+def _outcome(run_id: UUID) -> UpsellOutcome:
+    final = wait_until_final(run_id, timeout_s=5)
+    assert final.state is not None and final.state.is_completed(), final.state
+    return UpsellOutcome.model_validate(final.state.result())
+
+
+@pytest.mark.parametrize(
+    ("point", "flagged", "sent"),
+    [
+        ("send_email_draft:after", "email", {"eml": 1, "slack.jsonl": 1, "meetings.jsonl": 0}),
+        ("post_slack_summary:before", "Slack summary", {"eml": 1, "slack.jsonl": 0, "meetings.jsonl": 1}),
+        ("create_zoom_meeting:after", "Zoom meeting", {"eml": 1, "slack.jsonl": 1, "meetings.jsonl": 1}),
+    ],
+)
+def test_a_kill_around_an_outward_call_is_flagged_and_never_repeated(
+    prefect_server: str, data_dir: Path, point: str, flagged: str, sent: dict[str, int]
+) -> None:
+    upsell.to_deployment(name="faults").apply()
+    alert = _alert()
+
+    async def create() -> UUID:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(UNSERVED)
+            run = await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"alert": alert.model_dump(mode="json"),
+                                           "automation_level": "FULL_AUTOMATION"}, state=Scheduled(),
+            )  # fmt: skip
+            return run.id
+
+    run_id = asyncio.run(create())
+    step, when = point.split(":")
+    died = False
+    for _ in range(4):  # execute, answer the reply wait, recover after the kill, until the run is final
+        done = _execute(prefect_server, run_id, faults="" if died else point)
+        run = read_run(run_id)
+        assert run.state is not None
+        if f"{FAULTS_ENV}: killing" in done.stderr:
+            assert f"at {point} for event {alert.event_id}" in done.stderr
+            assert run.state.is_crashed()  # `flow-run execute` runs the flow in a child process and saw it die
+            died = True
+            time.sleep(1.2)
+            assert upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=[run_id]) == {
+                str(run_id): "rescheduled"
+            }
+        elif run.state.is_paused():
+            wait_until_paused(run_id, "reply", timeout_s=5)
+            resume(run_id, "reply", {"reply": "yes"})
+        else:
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert run.state.is_final(), (run.state, done.stdout[-3000:], done.stderr[-3000:])
+            break
+    assert died, f"the hook never fired at {point}"
+
+    outcome = _outcome(run_id)
+    assert outcome.status == "needs_review"
+    assert outcome.unknown_outcomes == [flagged]
+    assert flagged in outcome.reviewer_note
+    records = _records(data_dir, alert.event_id)
+    assert records[step] == ("unknown", 1)  # claimed once, never claimed again, flagged
+    assert all(attempts == 1 for _, attempts in records.values())
+    calls = {
+        "eml": len(list((data_dir / "outbox").glob(f"{alert.event_id}*.eml"))),
+        "slack.jsonl": _calls(data_dir, "slack.jsonl", alert.account_id),
+        "meetings.jsonl": _calls(data_dir, "meetings.jsonl", alert.account_id),
+    }
+    assert calls == sent  # what reached a provider: once at most; the step killed `before` never called it
+
+
+def test_the_serving_process_killed_mid_run_every_upsell_finishes_once(runner: Any) -> None:
+    """A fast version of bench/crash.py: 4 upsells, the serving process SIGKILLed while they run."""
+    alerts = [_alert() for _ in range(4)]
+
+    async def trigger() -> list[UUID]:
+        async with get_client() as client:
+            return [(await create_upsell_run(client, a, AutomationLevel.FULL_AUTOMATION)).id for a in alerts]
+
+    run_ids = asyncio.run(trigger())
+    deadline = time.monotonic() + 60
+    while not any((read_run(r).state or Scheduled()).is_running() for r in run_ids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(random.Random(len(run_ids)).uniform(0.5, 2.5))
+    runner.kill()
+    left = Counter((read_run(r).state or Scheduled()).name for r in run_ids)
+    time.sleep(1.2)
+    recovered = upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=run_ids)
+    runner.restart()
+
+    for run_id in run_ids:
+        try:
+            wait_until_paused(run_id, "reply", timeout_s=120)
+            resume(run_id, "reply", {"reply": "yes"})
+        except AssertionError:  # ended before the wait: a send the kill cut short, flagged needs_review
+            pass
+    outcomes = [_outcome_when_final(r) for r in run_ids]
+    data = runner.data_dir
+    for alert, outcome in zip(alerts, outcomes, strict=True):
+        records = _records(data, alert.event_id)
+        assert all(attempts == 1 for _, attempts in records.values()), records
+        assert _calls(data, "slack.jsonl", alert.account_id) <= 1
+        assert len(list((data / "outbox").glob(f"{alert.event_id}*.eml"))) == 1
+        unknown = [step for step, (status, _) in records.items() if status == "unknown"]
+        assert (outcome.status == "needs_review") == bool(unknown), (outcome, records)
+        assert len(outcome.unknown_outcomes) == len(unknown)
+    assert sum(Counter(recovered.values()).values()) == left["Running"] + left["Pending"], (left, recovered)
+
+
+def _outcome_when_final(run_id: UUID) -> UpsellOutcome:
+    final = wait_until_final(run_id, timeout_s=120)
+    assert final.state is not None and final.state.is_completed(), final.state
+    return UpsellOutcome.model_validate(final.state.result())
