@@ -21,7 +21,6 @@ Not part of the test suite (it runs for minutes). Everything it starts is stoppe
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
+from bench.upsells import answer_yes_until, create_upsells  # noqa: E402
 from deployments.stack import Stack, ensure_prefect_server, free_port, wait_for_deployments  # noqa: E402
 
 
@@ -72,41 +72,14 @@ def main() -> None:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-        from deployments.api import create_upsell_run
-        from flows.models import AutomationLevel, UsageAlert
         from tasks.recover_runs import recovery_attempts
 
         serving = start_serving(stack, api_url, data_dir, args.processes, 0)
         wait_for_deployments(api_url, ["upsell/upsell", "upsell-recovery/upsell-recovery"], stack)
-        batch = f"{int(time.time())}"
-        alerts = [
-            UsageAlert(event_id=f"crash-{batch}-{i:03d}", account_id=f"crash-{batch}-{i:03d}",
-                       metric_type="trade_volume", current_value=150, threshold=100, severity="critical")
-            for i in range(args.runs)
-        ]  # fmt: skip
-
-        async def create_all() -> list[str]:
-            async with get_client() as client:
-                return [str((await create_upsell_run(client, a, AutomationLevel.FULL_AUTOMATION)).id) for a in alerts]
-
-        run_ids = asyncio.run(create_all())
+        alerts, run_ids = create_upsells("crash", args.runs)
         started = time.monotonic()
         stop = threading.Event()
-
-        def answer_replies() -> None:
-            with get_client(sync_client=True) as client:
-                while not stop.is_set():
-                    for run_id in run_ids:
-                        try:
-                            run = client.read_flow_run(run_id)  # type: ignore[arg-type]
-                            if run.state and run.state.is_paused() and run.state.state_details.pause_key == "reply":
-                                client.resume_flow_run(run.id, run_input={"reply": "yes"})
-                        except Exception as exc:  # noqa: BLE001 - the API is busy; the next pass tries again
-                            print(f"  (answering: {type(exc).__name__})")
-                    stop.wait(2)
-
-        answerer = threading.Thread(target=answer_replies, daemon=True)
-        answerer.start()
+        answer_yes_until(stop, run_ids)
         for kill in range(1, args.kills + 1):
             time.sleep(rng.uniform(1, max(2.0, 2 * args.kill_window_s / args.kills - 1)))
             serving.send_signal(signal.SIGKILL)

@@ -22,7 +22,6 @@ ended, and whether every step left with an unknown outcome was flagged on its ru
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import re
@@ -40,6 +39,7 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
+from bench.upsells import answer_yes_until, create_upsells, upsell_runs_among  # noqa: E402
 from deployments.stack import Stack, ensure_prefect_server, free_port, wait_for_deployments  # noqa: E402
 
 LABELS = {"send_email_draft": "email", "post_slack_summary": "Slack summary", "create_zoom_meeting": "Zoom meeting"}
@@ -65,8 +65,7 @@ def main() -> None:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-        from deployments.api import create_upsell_run
-        from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
+        from flows.models import UpsellOutcome
         from flows.recovery import upsell_recovery
         from tasks.runtime.faults import random_point
 
@@ -84,38 +83,14 @@ def main() -> None:
 
         serving = start_serving()
         wait_for_deployments(api_url, ["upsell/upsell"], stack)
-        batch = f"{int(time.time())}"
-        alerts = [
-            UsageAlert(event_id=f"fault-{batch}-{i:03d}", account_id=f"fault-{batch}-{i:03d}",
-                       metric_type="trade_volume", current_value=150, threshold=100, severity="critical")
-            for i in range(args.runs)
-        ]  # fmt: skip
-
-        async def create_all() -> list[str]:
-            async with get_client() as client:
-                return [str((await create_upsell_run(client, a, AutomationLevel.FULL_AUTOMATION)).id) for a in alerts]
-
-        run_ids = asyncio.run(create_all())
+        alerts, run_ids = create_upsells("fault", args.runs)
         started = time.monotonic()
         stop = threading.Event()
-
-        def answer_replies() -> None:
-            with get_client(sync_client=True) as client:
-                while not stop.is_set():
-                    for run in mine(client):
-                        try:
-                            if run.state and run.state.is_paused() and run.state.state_details.pause_key == "reply":
-                                client.resume_flow_run(run.id, run_input={"reply": "yes"})
-                        except Exception as exc:  # noqa: BLE001 - the API is busy; the next pass tries again
-                            print(f"  (answering: {type(exc).__name__})")
-                    stop.wait(2)
+        answer_yes_until(stop, run_ids)
 
         def mine(client: Any) -> list[Any]:
-            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])), limit=200)
-            return [r for r in runs if str(r.id) in run_ids]
+            return upsell_runs_among(client, run_ids)
 
-        answerer = threading.Thread(target=answer_replies, daemon=True)
-        answerer.start()
         deaths = recovered = 0
         final = {"Completed", "Failed", "Cancelled"}
         last_print = 0.0

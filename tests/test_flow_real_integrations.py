@@ -84,7 +84,7 @@ def fakes() -> Iterator[Fakes]:
             fake.stop()
 
 
-def _verified_sender(moto_url: str) -> str:
+def verified_sender(moto_url: str) -> str:
     """A from address on a domain verified in moto's SES, unique per test."""
     domain = f"sales-{uuid.uuid4().hex[:8]}.example.com"
     ses = boto3.client(
@@ -126,7 +126,7 @@ def wiring(fakes: Fakes, moto_url: str, mongo_uri: str) -> Iterator[Wiring]:
         "arr": 30000,  # the fake plan's 30,000 estimate is within 3x this spend
         "contact_info": {"name": "Dana Whitfield", "email": recipient, "title": "Head of Operations"},
     }
-    wired = Wiring(account_id, recipient, _verified_sender(moto_url), f"upsell_{uuid.uuid4().hex}")
+    wired = Wiring(account_id, recipient, verified_sender(moto_url), f"upsell_{uuid.uuid4().hex}")
 
     documents: dict[str, Block] = {
         "upsell-anthropic": AnthropicCredentials(

@@ -35,7 +35,6 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 from uuid import UUID
 
-import boto3
 import bson
 import httpx
 import pytest
@@ -76,6 +75,7 @@ from tests.fakes.slack_api import FakeSlack
 from tests.fakes.usage_api import UsageApiState, create_app
 from tests.fakes.zoom_api import FakeZoom
 from tests.support import find_run_id, resume, saved_blocks, task_runs, wait_until_final, wait_until_paused
+from tests.test_flow_real_integrations import verified_sender
 from tests.test_webhook_support import post_alert
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
@@ -400,25 +400,13 @@ def wired(moto_url: str, mongo_uri: str) -> Iterator[Wired]:
     proxy = PlainAuthMongoProxy(mongo_uri, MONGO_USER, SECRETS["mongo.uri password"])
     try:
         yield Wired(
-            anthropic_api, slack_api, zoom_api, usage, usage_url, proxy, mongo_uri, moto_url, _verified_sender(moto_url)
+            anthropic_api, slack_api, zoom_api, usage, usage_url, proxy, mongo_uri, moto_url, verified_sender(moto_url)
         )
     finally:
         proxy.stop()
         stop_usage()
         for fake in (anthropic_api, slack_api, zoom_api):
             fake.stop()
-
-
-def _verified_sender(moto_url: str) -> str:
-    domain = f"sales-{uuid.uuid4().hex[:8]}.example.com"
-    ses = boto3.client(
-        "sesv2", region_name=REGION, endpoint_url=moto_url, aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
-    try:
-        ses.create_email_identity(EmailIdentity=domain)
-    finally:
-        ses.close()
-    return f"upsell@{domain}"
 
 
 def documents(wired: Wired, database: str) -> dict[str, Block]:
