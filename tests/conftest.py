@@ -96,7 +96,9 @@ class Runner:
         self.process.kill()
         self.process.wait()
 
-    def restart(self) -> None:
+    def restart(self, env: Mapping[str, str] | None = None) -> None:
+        """Start the serving process again (after `kill`, or after it died), with `env` added if given."""
+        self._env = {**self._env, **(env or {})}
         self.process = self._start()
         self.wait_ready()
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -25,12 +23,9 @@ from prefect.states import Scheduled
 from deployments.api import create_upsell_run
 from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
 from flows.recovery import upsell_recovery
-from flows.upsell import upsell
 from tasks.runtime.faults import FAULTS_ENV, all_points, kills_at, random_point
+from tests.conftest import Runner
 from tests.support import read_run, resume, wait_until_final, wait_until_paused
-
-REPO = Path(__file__).resolve().parent.parent
-UNSERVED = "upsell/faults"  # nobody serves it: each test executes its runs itself, in a process it can kill
 
 
 def _alert() -> UsageAlert:
@@ -55,14 +50,6 @@ def test_the_hook_kills_only_at_the_points_it_names() -> None:
         assert hits == [point] and kills_at("random:7", step, when, f"evt-{i}")  # type: ignore[arg-type]
 
 
-def _execute(api_url: str, run_id: UUID, faults: str = "") -> subprocess.CompletedProcess[str]:
-    """Run the flow run as a worker would (`prefect flow-run execute`: a child process), with the fault hook."""
-    env = {**os.environ, "PREFECT_API_URL": api_url, FAULTS_ENV: faults}
-    prefect = str(Path(sys.executable).parent / "prefect")
-    return subprocess.run([prefect, "flow-run", "execute", str(run_id)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=180)  # fmt: skip
-
-
 def _records(data_dir: Path, event_id: str) -> dict[str, tuple[str, int]]:
     with sqlite3.connect(data_dir / "upsell.db") as db:
         rows = db.execute("SELECT step, status, attempts FROM idempotency WHERE event_id=?", (event_id,)).fetchall()
@@ -76,10 +63,15 @@ def _calls(data_dir: Path, name: str, account: str) -> int:
     return sum(1 for line in lines if account in json.dumps(json.loads(line)))
 
 
-def _outcome(run_id: UUID) -> UpsellOutcome:
-    final = wait_until_final(run_id, timeout_s=5)
-    assert final.state is not None and final.state.is_completed(), final.state
-    return UpsellOutcome.model_validate(final.state.result())
+@pytest.fixture(scope="module")
+def faulty(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
+    """A serving process of its own (`upsell/upsell-faults`, threads), restarted with the hook set per test."""
+    served = Runner(prefect_server, tmp_path_factory.mktemp("faults") / "data", name_suffix="faults")
+    try:
+        served.wait_ready()
+        yield served
+    finally:
+        served.stop()
 
 
 @pytest.mark.parametrize(
@@ -91,48 +83,38 @@ def _outcome(run_id: UUID) -> UpsellOutcome:
     ],
 )
 def test_a_kill_around_an_outward_call_is_flagged_and_never_repeated(
-    prefect_server: str, data_dir: Path, point: str, flagged: str, sent: dict[str, int]
+    faulty: Runner, point: str, flagged: str, sent: dict[str, int]
 ) -> None:
-    upsell.to_deployment(name="faults").apply()
     alert = _alert()
+    faulty.kill()
+    faulty.restart(env={FAULTS_ENV: point})
 
-    async def create() -> UUID:
+    async def trigger() -> UUID:
         async with get_client() as client:
-            deployment = await client.read_deployment_by_name(UNSERVED)
-            run = await client.create_flow_run_from_deployment(
-                deployment.id, parameters={"alert": alert.model_dump(mode="json"),
-                                           "automation_level": "FULL_AUTOMATION"}, state=Scheduled(),
-            )  # fmt: skip
-            return run.id
+            return (await create_upsell_run(client, alert, AutomationLevel.FULL_AUTOMATION,
+                                            deployment_name=faulty.upsell_deployment)).id  # fmt: skip
 
-    run_id = asyncio.run(create())
-    step, when = point.split(":")
-    died = False
-    for _ in range(4):  # execute, answer the reply wait, recover after the kill, until the run is final
-        done = _execute(prefect_server, run_id, faults="" if died else point)
-        run = read_run(run_id)
-        assert run.state is not None
-        if f"{FAULTS_ENV}: killing" in done.stderr:
-            assert f"at {point} for event {alert.event_id}" in done.stderr
-            assert run.state.is_crashed()  # `flow-run execute` runs the flow in a child process and saw it die
-            died = True
-            time.sleep(1.2)
-            assert upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=[run_id]) == {
-                str(run_id): "rescheduled"
-            }
-        elif run.state.is_paused():
-            wait_until_paused(run_id, "reply", timeout_s=5)
-            resume(run_id, "reply", {"reply": "yes"})
-        else:
-            assert done.returncode == 0, done.stderr[-3000:]
-            assert run.state.is_final(), (run.state, done.stdout[-3000:], done.stderr[-3000:])
-            break
-    assert died, f"the hook never fired at {point}"
+    run_id = asyncio.run(trigger())
+    if point.startswith("create_zoom_meeting"):
+        wait_until_paused(run_id, "reply", timeout_s=90)
+        resume(run_id, "reply", {"reply": "yes"})
+    faulty.process.wait(timeout=120)  # the hook killed the serving process at the point
+    assert f"at {point} for event {alert.event_id}" in faulty.log_path.read_text()
+    left = read_run(run_id).state
+    assert left is not None and left.is_running()  # what the kill leaves: a Running run nothing executes
+    time.sleep(1.2)
+    assert upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=[run_id]) == {str(run_id): "rescheduled"}
+    faulty.restart(env={FAULTS_ENV: ""})
+    if point.startswith("post_slack_summary"):
+        wait_until_paused(run_id, "reply", timeout_s=90)
+        resume(run_id, "reply", {"reply": "yes"})
 
-    outcome = _outcome(run_id)
+    outcome = _outcome_when_final(run_id)
     assert outcome.status == "needs_review"
     assert outcome.unknown_outcomes == [flagged]
     assert flagged in outcome.reviewer_note
+    data_dir = faulty.data_dir
+    step = point.split(":")[0]
     records = _records(data_dir, alert.event_id)
     assert records[step] == ("unknown", 1)  # claimed once, never claimed again, flagged
     assert all(attempts == 1 for _, attempts in records.values())
