@@ -140,7 +140,7 @@ def test_the_serving_process_killed_mid_run_every_upsell_finishes_once(runner: A
         time.sleep(0.2)
     time.sleep(random.Random(len(run_ids)).uniform(0.5, 2.5))
     runner.kill()
-    left = Counter((read_run(r).state or Scheduled()).name for r in run_ids)
+    left = Counter((read_run(r).state or Scheduled()).type.value for r in run_ids)  # Submitting is a PENDING
     time.sleep(1.2)
     recovered = upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=run_ids)
     runner.restart()
@@ -161,7 +161,7 @@ def test_the_serving_process_killed_mid_run_every_upsell_finishes_once(runner: A
         unknown = [step for step, (status, _) in records.items() if status == "unknown"]
         assert (outcome.status == "needs_review") == bool(unknown), (outcome, records)
         assert len(outcome.unknown_outcomes) == len(unknown)
-    assert sum(Counter(recovered.values()).values()) == left["Running"] + left["Pending"], (left, recovered)
+    assert sum(Counter(recovered.values()).values()) == left["RUNNING"] + left["PENDING"], (left, recovered)
 
 
 def _outcome_when_final(run_id: UUID) -> UpsellOutcome:
