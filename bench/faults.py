@@ -96,8 +96,9 @@ def main() -> None:
         last_print = 0.0
         while time.monotonic() - started < args.settle_s:
             with get_client(sync_client=True) as client:
-                states = Counter(r.state.name if r.state else "?" for r in mine(client))
-                crashed = [r.id for r in mine(client) if r.state and r.state.is_crashed()]
+                current = mine(client)  # one read per round: the states and the crashed runs come from it
+            states = Counter(r.state.name if r.state else "?" for r in current)
+            crashed = [r.id for r in current if r.state and r.state.is_crashed()]
             if set(states) <= final and sum(states.values()) == len(run_ids):
                 break
             if serving.poll() is not None:  # thread mode: the hook killed the serving process
