@@ -2,13 +2,97 @@
 
 from __future__ import annotations
 
+import os
+from email import policy
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tasks.policy import request_timeout
-from tasks.ses_client import SesEmailClient
+from blocks.interfaces import SendOutcomeUnknown
+from blocks.limits import acquire_rate_limit, request_timeout
+from flows.models import EmailDraft
+from tasks.content.email import build_message
+
+#: Long URL headers (List-Unsubscribe) must stay plain ASCII, not RFC 2047 encoded-words: fold at 998.
+WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
+
+
+class OutboxEmailSender:
+    """Writes `<outbox>/<idempotency key>.eml`; the same key never produces a second file."""
+
+    def __init__(self, outbox: Path, from_address: str = "upsell@localhost", from_name: str = "Upsell Team") -> None:
+        self.outbox = outbox
+        self.from_address = from_address
+        self.from_name = from_name
+
+    def __repr__(self) -> str:
+        return f"OutboxEmailSender({str(self.outbox)!r})"
+
+    def path_for(self, idempotency_key: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in idempotency_key)
+        return self.outbox / f"{safe}.eml"
+
+    def send(self, draft: EmailDraft, *, idempotency_key: str) -> str:
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        path = self.path_for(idempotency_key)
+        if path.exists():  # written before a crash: the same email, not a new one
+            with path.open("rb") as handle:
+                return str(BytesParser(policy=policy.default).parse(handle)["Message-ID"])
+        message = build_message(draft, from_address=self.from_address, from_name=self.from_name)
+        tmp = path.with_suffix(".eml.tmp")
+        tmp.write_bytes(message.as_bytes(policy=WIRE_POLICY))
+        os.replace(tmp, path)  # atomic: the outbox never holds half an email
+        return str(message["Message-ID"])
+
+
+#: Header carrying our idempotency key, so a duplicate found in the mailbox can be traced to its event.
+IDEMPOTENCY_HEADER = "X-Upsell-Idempotency-Key"
+
+
+class SesEmailClient:
+    """Sends the upsell email as one raw MIME message (text + HTML parts, List-Unsubscribe headers).
+
+    `client` is a boto3 `sesv2` client built with botocore's retries off: SES has no idempotency token, so
+    a retried send could deliver twice. The task's idempotency record decides about retries instead.
+    """
+
+    def __init__(
+        self, client: Any, *, from_address: str, from_name: str = "", configuration_set: str | None = None
+    ) -> None:
+        self.client = client
+        self.from_address = from_address
+        self.from_name = from_name
+        self.configuration_set = configuration_set
+
+    def __repr__(self) -> str:
+        return f"SesEmailClient({self.client.meta.region_name}, from={self.from_address!r})"
+
+    def send(self, draft: EmailDraft, *, idempotency_key: str) -> str:
+        message = build_message(draft, from_address=self.from_address, from_name=self.from_name)
+        message[IDEMPOTENCY_HEADER] = idempotency_key
+        request: dict[str, Any] = {
+            "FromEmailAddress": str(message["From"]),
+            "Destination": {"ToAddresses": [draft.to]},
+            "Content": {"Raw": {"Data": message.as_bytes(policy=WIRE_POLICY)}},
+        }
+        if self.configuration_set:
+            request["ConfigurationSetName"] = self.configuration_set
+        acquire_rate_limit("upsell-ses")  # the account's SES send rate, shared by every worker
+        try:
+            response = self.client.send_email(**request)
+        except (ReadTimeoutError, ConnectionClosedError) as exc:
+            # The request went out; SES may have accepted it. Resending could email the customer twice.
+            raise SendOutcomeUnknown(f"SES send for {idempotency_key} has an unknown outcome: {exc}") from exc
+        return str(response["MessageId"])
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class SesEmailSender(Block):

@@ -2,11 +2,101 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
-from tasks.slack_client import SlackNotifier
+from blocks.interfaces import PermanentError, SlackPost
+from blocks.limits import acquire_rate_limit, request_timeout
+from blocks.local import append_record
+
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT = "upsell-slack"
+
+#: Slack errors that no retry can fix (bad token, missing scope, unknown or archived channel, bad blocks).
+PERMANENT_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "missing_scope",
+        "not_allowed_token_type",
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "restricted_action",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "msg_too_long",
+        "no_text",
+    }
+)
+
+
+class SlackRateLimited(Exception):
+    """Slack kept answering `ratelimited` (or asked for a longer wait than we allow): retry the step later."""
+
+
+class SlackNotifier:
+    """Posts upsell summaries to a channel with a bot token."""
+
+    def __init__(
+        self, client: WebClient, channel: str, *, max_rate_limit_retries: int = 3, max_retry_after_s: float = 30.0
+    ) -> None:
+        self.client = client
+        self.timeout_s: float = client.timeout
+        self.channel = channel
+        self.max_rate_limit_retries = max_rate_limit_retries
+        self.max_retry_after_s = max_retry_after_s
+
+    def __repr__(self) -> str:
+        return f"SlackNotifier(channel={self.channel!r}, base_url={self.client.base_url!r})"
+
+    def post(self, message: SlackPost) -> tuple[str, str]:
+        """Post the summary; returns (channel id, message ts)."""
+        channel = message.channel or self.channel
+        for attempt in range(self.max_rate_limit_retries + 1):
+            acquire_rate_limit(RATE_LIMIT)
+            # this request ends with the running step at the latest (see request_timeout); urllib takes float
+            # seconds, slack-sdk's hint says int
+            self.client.timeout = request_timeout(self.timeout_s)  # type: ignore[assignment]
+            try:
+                response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks)
+            except SlackApiError as exc:
+                error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""
+                if exc.response.status_code == 429 or error == "ratelimited":
+                    wait = _retry_after(exc, default=1.0)
+                    if attempt < self.max_rate_limit_retries and wait <= self.max_retry_after_s:
+                        logger.info("Slack rate limited; retrying in %.1fs (Retry-After)", wait)
+                        time.sleep(wait)
+                        continue
+                    raise SlackRateLimited(
+                        f"Slack ratelimited (Retry-After {wait:g}s) after {attempt + 1} tries"
+                    ) from exc
+                if error in PERMANENT_ERRORS:
+                    raise PermanentError(f"Slack refused chat.postMessage: {error}") from exc
+                raise
+            return str(response["channel"]), str(response["ts"])
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _retry_after(exc: SlackApiError, default: float) -> float:
+    for name, value in (exc.response.headers or {}).items():
+        if name.lower() == "retry-after":
+            first = value[0] if isinstance(value, list) else value
+            try:
+                return max(float(first), 0.0)
+            except ValueError:
+                return default
+    return default
 
 
 class SlackCredentials(Block):
@@ -30,3 +120,20 @@ class SlackCredentials(Block):
             token=self.bot_token.get_secret_value(), base_url=base_url, timeout=self.timeout_s, retry_handlers=[]
         )
         return SlackNotifier(client, self.channel, max_rate_limit_retries=self.max_rate_limit_retries)
+
+
+class LocalSlackRecorder:
+    """Appends each Slack summary to `slack.jsonl` instead of posting it."""
+
+    def __init__(self, path: Path, channel: str = "#sales-upsell") -> None:
+        self.path = path
+        self.channel = channel
+
+    def __repr__(self) -> str:
+        return f"LocalSlackRecorder({str(self.path)!r})"
+
+    def post(self, message: SlackPost) -> tuple[str, str]:
+        ts = f"{time.time():.6f}"
+        channel = message.channel or self.channel
+        append_record(self.path, {"channel": channel, "ts": ts, "text": message.text, "blocks": message.blocks})
+        return channel, ts

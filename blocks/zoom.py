@@ -2,12 +2,157 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
 import httpx
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from tasks.policy import cap_request_timeout
-from tasks.zoom_client import ZoomClient
+from blocks.interfaces import SendOutcomeUnknown
+from blocks.limits import acquire_rate_limit, cap_request_timeout
+from blocks.local import append_record
+from flows.models import Meeting
+
+logger = logging.getLogger(__name__)
+
+RATE_LIMIT = "upsell-zoom"
+#: Refresh a token this long before Zoom says it expires (clock skew, request time).
+EXPIRY_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class _Token:
+    value: str
+    expires_at: float  # time.monotonic()
+
+
+# Tokens live for an hour and Zoom limits token requests, so they are shared by every ZoomClient in the process
+# (each task run builds a new client from the block), keyed by the OAuth app and account they belong to.
+_TOKENS: dict[tuple[str, str, str], _Token] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+class ZoomRateLimited(Exception):
+    """Zoom kept answering 429 (or asked for a longer wait than we allow): retry the step later."""
+
+
+class ZoomClient:
+    """Creates Zoom meetings as the Server-to-Server OAuth app's account owner (`users/me`)."""
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        oauth_base_url: str,
+        account_id: str,
+        client_id: str,
+        client_secret: str,
+        duration_min: int = 30,
+        max_rate_limit_retries: int = 3,
+        max_retry_after_s: float = 30.0,
+    ) -> None:
+        self.http = http
+        self.oauth_base_url = oauth_base_url.rstrip("/")
+        self.account_id = account_id
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.duration_min = duration_min
+        self.max_rate_limit_retries = max_rate_limit_retries
+        self.max_retry_after_s = max_retry_after_s
+
+    def __repr__(self) -> str:
+        return f"ZoomClient(api={str(self.http.base_url)!r}, client_id={self.client_id!r})"
+
+    @property
+    def _cache_key(self) -> tuple[str, str, str]:
+        return (self.oauth_base_url, self.account_id, self.client_id)
+
+    def access_token(self, *, refresh: bool = False) -> str:
+        """A valid access token: the cached one unless it is about to expire or `refresh` is asked for."""
+        with _TOKENS_LOCK:
+            cached = _TOKENS.get(self._cache_key)
+            if cached is not None and not refresh and cached.expires_at > time.monotonic():
+                return cached.value
+            response = self._send(
+                lambda: self.http.post(
+                    f"{self.oauth_base_url}/oauth/token",
+                    params={"grant_type": "account_credentials", "account_id": self.account_id},
+                    auth=(self.client_id, self._client_secret),
+                )
+            )
+            response.raise_for_status()  # 400 invalid_client: wrong credentials, a permanent failure
+            data = response.json()
+            expires_in = float(data.get("expires_in", 3600))
+            token = _Token(data["access_token"], time.monotonic() + max(expires_in - EXPIRY_MARGIN_S, 0.0))
+            _TOKENS[self._cache_key] = token
+            return token.value
+
+    def create_meeting(self, *, topic: str, start_time: datetime, invitee: str, agenda: str) -> Meeting:
+        """Schedule a meeting with the customer invited; returns it with Zoom's join URL."""
+        body = {
+            "topic": topic[:200],
+            "type": 2,  # scheduled
+            "start_time": start_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "duration": self.duration_min,
+            "timezone": "UTC",
+            "agenda": agenda[:2000],
+            "settings": {"meeting_invitees": [{"email": invitee}] if invitee else [], "join_before_host": False},
+        }
+        response = self._post_meeting(body, self.access_token())
+        if response.status_code == 401:  # token expired or revoked early: one fresh token, one more try
+            logger.info("Zoom answered 401; refreshing the access token")
+            response = self._post_meeting(body, self.access_token(refresh=True))
+        response.raise_for_status()
+        try:
+            data = response.json()
+            return Meeting(
+                meeting_id=str(data["id"]),
+                join_url=data["join_url"],
+                start_time=datetime.fromisoformat(str(data.get("start_time") or body["start_time"])),
+                topic=data.get("topic", topic),
+                provider="zoom",
+            )
+        except (ValueError, KeyError) as exc:
+            # Zoom accepted the request (2xx) but the answer is unreadable: the meeting probably exists.
+            raise SendOutcomeUnknown(f"Zoom created a meeting but its answer is unreadable: {exc!r}") from exc
+
+    def _post_meeting(self, body: dict[str, object], token: str) -> httpx.Response:
+        def send() -> httpx.Response:
+            try:
+                return self.http.post("/users/me/meetings", json=body, headers={"Authorization": f"Bearer {token}"})
+            except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError) as exc:
+                # The request may have reached Zoom: never resend it blindly.
+                raise SendOutcomeUnknown(f"Zoom meeting request outcome unknown: {exc!r}") from exc
+
+        return self._send(send)
+
+    def _send(self, request: Callable[[], httpx.Response]) -> httpx.Response:
+        """Send under the rate limit; on 429 wait Retry-After and try again, a bounded number of times."""
+        for attempt in range(self.max_rate_limit_retries + 1):
+            acquire_rate_limit(RATE_LIMIT)
+            response = request()
+            if response.status_code != 429:
+                return response
+            wait = _retry_after(response, default=1.0)
+            if attempt >= self.max_rate_limit_retries or wait > self.max_retry_after_s:
+                raise ZoomRateLimited(f"Zoom answered 429 (Retry-After {wait:g}s) after {attempt + 1} tries")
+            logger.info("Zoom rate limited (%s); retrying in %.1fs", response.headers.get("X-RateLimit-Type"), wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _retry_after(response: httpx.Response, default: float) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", default)), 0.0)
+    except ValueError:  # an HTTP date: Zoom's daily limits answer with one; wait longer than we allow
+        return float("inf")
 
 
 class ZoomCredentials(Block):
@@ -42,3 +187,25 @@ class ZoomCredentials(Block):
             duration_min=self.meeting_duration_min,
             max_rate_limit_retries=self.max_rate_limit_retries,
         )
+
+
+class LocalMeetingRecorder:
+    """Books meetings into `meetings.jsonl` with a local join URL instead of calling Zoom."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"LocalMeetingRecorder({str(self.path)!r})"
+
+    def create_meeting(self, *, topic: str, start_time: datetime, invitee: str, agenda: str) -> Meeting:
+        meeting_id = uuid.uuid4().hex[:11]
+        meeting = Meeting(
+            meeting_id=meeting_id,
+            join_url=f"http://localhost/local-meetings/{meeting_id}",
+            start_time=start_time.astimezone(UTC),
+            topic=topic,
+            provider="local",
+        )
+        append_record(self.path, {**meeting.model_dump(mode="json"), "invitee": invitee, "agenda": agenda})
+        return meeting

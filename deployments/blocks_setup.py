@@ -124,7 +124,7 @@ def create_blocks_from_env(environ: Mapping[str, str]) -> list[str]:
 
     Every service is validated before anything is saved, so a mistake in one leaves the others untouched.
     """
-    from tasks.integrations import SERVICES  # the document names and block classes the flow loads
+    from blocks.registry import SERVICES  # the document names and block classes the flow loads
 
     pending: list[tuple[str, Block]] = []
     for spec in ENV_BLOCKS:

@@ -48,7 +48,7 @@ def demo(
 
     from deployments.demo import format_table, run_demo
     from deployments.stack import Stack, ensure_prefect_server, start_runner, wait_for_deployments
-    from tasks.settings import get_settings
+    from tasks.runtime.settings import get_settings
 
     settings = get_settings()
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
@@ -103,7 +103,7 @@ def up(
     import httpx
 
     from deployments.stack import Stack, ensure_prefect_server, port_is_free, start_runner, wait_for_deployments
-    from tasks.settings import get_settings
+    from tasks.runtime.settings import get_settings
     from webhook.signing import sign
 
     settings = get_settings()
@@ -395,7 +395,7 @@ def backfill(
     from pydantic import ValidationError
 
     from tasks.backfill_alerts import scan_usage_alerts, submit_alert
-    from tasks.settings import get_settings
+    from tasks.runtime.settings import get_settings
 
     secret_file = _dev_secret_file(get_settings().data_dir)
     if not os.environ.get("UPSELL_WEBHOOK_SECRETS") and secret_file.exists():

@@ -12,12 +12,12 @@ from prefect.exceptions import TerminationSignal
 from prefect.logging import get_logger
 from prefect.runner import Runner
 
+from blocks.limits import ensure_rate_limits
 from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
 from flows.backfill import upsell_backfill
 from flows.recovery import upsell_recovery
 from flows.reply_timeouts import reply_timeouts
 from flows.upsell import upsell
-from tasks.ratelimits import ensure_rate_limits
 
 try:
     from deployments.inprocess import InProcessRunner

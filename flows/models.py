@@ -2,19 +2,60 @@
 
 Everything that crosses a boundary (flow parameters, task results, pause inputs, webhook payloads) is one
 of these pydantic models, so that Prefect can validate parameters, render input forms in the UI and
-persist results for resumed runs.
-"""
+persist results for resumed runs."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
+from importlib import resources
 from typing import Any, Literal
 
 from prefect.input import RunInput
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class CatalogPlan(BaseModel):
+    """One plan tier."""
+
+    name: str
+    annual_price: float
+    features: list[str]
+
+
+class Catalogue(BaseModel):
+    """Plan tiers, cheapest first."""
+
+    currency: str
+    plans: list[CatalogPlan]
+
+    def find(self, name: str) -> CatalogPlan | None:
+        wanted = name.strip().lower()
+        return next((p for p in self.plans if p.name.lower() == wanted), None)
+
+    def next_tier(self, name: str) -> CatalogPlan:
+        """The tier above `name` (the top tier stays the top tier; an unknown plan gets the cheapest)."""
+        names = [p.name.lower() for p in self.plans]
+        if name.strip().lower() not in names:
+            return self.plans[0]
+        index = names.index(name.strip().lower())
+        return self.plans[min(index + 1, len(self.plans) - 1)]
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.plans]
+
+
+@cache
+def load_catalogue() -> Catalogue:
+    """The bundled catalogue (flows/catalogue.json)."""
+    text = resources.files("flows").joinpath("catalogue.json").read_text()
+    return Catalogue.model_validate(json.loads(text))
+
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 _SLUG_RE = re.compile(r"[^a-z0-9]+")

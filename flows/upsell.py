@@ -34,18 +34,18 @@ from flows.models import (
     automation_level_for,
 )
 from tasks.ask_claude_for_plan import ask_claude_for_plan
+from tasks.content.email import text_to_html
 from tasks.content.untrusted import UnsafeData
 from tasks.create_zoom_meeting import create_zoom_meeting
-from tasks.email_message import text_to_html
 from tasks.fetch_contract import fetch_contract
 from tasks.fetch_usage import fetch_usage
-from tasks.links import LinkToken, link_for
 from tasks.log_opportunity import log_opportunity
 from tasks.post_slack_summary import post_slack_summary
-from tasks.progress import announce_integrations, collect_timings, publish_journal, publish_stage
+from tasks.runtime.links import LinkToken, link_for
+from tasks.runtime.progress import announce_integrations, collect_timings, publish_journal, publish_stage
+from tasks.runtime.settings import UpsellSettings, get_settings
+from tasks.runtime.waits import WaitDeadline, open_wait, opened_waits
 from tasks.send_email_draft import draft_email, send_email_draft
-from tasks.settings import UpsellSettings, get_settings
-from tasks.waits import WaitDeadline, open_wait, opened_waits
 
 R = TypeVar("R", bound=RunInput)
 M = TypeVar("M", bound=BaseModel)

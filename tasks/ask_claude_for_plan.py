@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 
-from flows.models import ContractData, PlanResult, UsageData
-from tasks.catalogue import load_catalogue
+from blocks.registry import resolve
+from flows.models import ContractData, PlanResult, UsageData, load_catalogue
 from tasks.content.admission import accept_plan
-from tasks.integrations import resolve
-from tasks.policy import SEND_TIMEOUT_S, step_options
+from tasks.runtime.policy import SEND_TIMEOUT_S, step_options
 
 
 @task(name="ask_claude_for_plan", **step_options(SEND_TIMEOUT_S))

@@ -13,9 +13,9 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
+from blocks.registry import resolve
 from flows.models import UsageAlert
-from tasks.integrations import resolve
-from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
 from webhook.dispatcher import qualification
 from webhook.models import AlertPayload
 from webhook.settings import ReceiverSettings

@@ -12,9 +12,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import SetStateStatus
 
 from flows.models import EXPIRED_WAIT_INPUT
-from tasks.policy import FETCH_TIMEOUT_S, step_options
 from tasks.runtime.flow_runs import read_run_input, upsell_runs
-from tasks.waits import WaitDeadline, deadline_key
+from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.waits import WaitDeadline, deadline_key
 
 
 def expired_waits(now: datetime, limit: int = 500) -> list[tuple[Any, str, WaitDeadline]]:

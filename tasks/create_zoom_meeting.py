@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import get_run_logger, task
 
+from blocks.registry import resolve
 from flows.models import ContractData, Meeting, UpsellPlan, UsageAlert
-from tasks.integrations import resolve
-from tasks.once import run_once
-from tasks.policy import SEND_TIMEOUT_S, step_options
-from tasks.settings import get_settings
+from tasks.runtime.once import run_once
+from tasks.runtime.policy import SEND_TIMEOUT_S, step_options
+from tasks.runtime.settings import get_settings
 
 MEETING_STEP = "create_zoom_meeting"
 

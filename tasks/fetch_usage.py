@@ -5,11 +5,11 @@ from __future__ import annotations
 from prefect import task
 from pydantic import ValidationError
 
+from blocks.registry import resolve
 from flows.models import UsageAlert, UsageData
 from tasks.content.admission import accept_usage, malformed
-from tasks.integrations import resolve
-from tasks.policy import FETCH_TIMEOUT_S, step_options
-from tasks.settings import get_settings
+from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.settings import get_settings
 
 
 @task(name="fetch_usage", **step_options(FETCH_TIMEOUT_S))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
+from blocks.registry import resolve
 from flows.models import Opportunity
-from tasks.integrations import resolve
-from tasks.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
 
 
 @task(name="log_opportunity", **step_options(FETCH_TIMEOUT_S))

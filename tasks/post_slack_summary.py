@@ -6,14 +6,14 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_UI_URL
 
+from blocks.interfaces import SlackPost
+from blocks.registry import resolve
 from flows.models import AutomationLevel, ContractData, EmailResult, PlanResult, SlackResult, UsageAlert
 from tasks.content.outgoing import allowed_links, mrkdwn, slack_problems
 from tasks.content.untrusted import clean_name, clean_text
-from tasks.integrations import resolve
-from tasks.interfaces import SlackPost
-from tasks.once import run_once
-from tasks.policy import FETCH_TIMEOUT_S, step_options
-from tasks.settings import get_settings
+from tasks.runtime.once import run_once
+from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.settings import get_settings
 
 SLACK_STEP = "post_slack_summary"
 

@@ -32,8 +32,8 @@ from prefect.input import RunInput
 from prefect.states import Failed, Scheduled
 
 from flows.models import WAIT_INPUTS
-from tasks.policy import FETCH_TIMEOUT_S, step_options
 from tasks.runtime.flow_runs import read_run_input, upsell_runs
+from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
 
 EVENTS_PAGE = 50  # the events API answers at most 50 per page
 RECOVERY_KEY = "upsell-recovery"

@@ -7,14 +7,14 @@ import time
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
+from blocks.registry import resolve
 from flows.models import ContractData, EmailDraft, EmailResult, UpsellPlan, UsageAlert, UsageData
+from tasks.content.email import compose_email
 from tasks.content.outgoing import allowed_links, email_problems
-from tasks.email_message import compose_email
-from tasks.integrations import resolve
-from tasks.links import LinkToken, link_for
-from tasks.once import run_once
-from tasks.policy import SEND_TIMEOUT_S, step_options
-from tasks.settings import get_settings
+from tasks.runtime.links import LinkToken, link_for
+from tasks.runtime.once import run_once
+from tasks.runtime.policy import SEND_TIMEOUT_S, step_options
+from tasks.runtime.settings import get_settings
 
 EMAIL_STEP = "send_email_draft"
 

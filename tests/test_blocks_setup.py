@@ -9,10 +9,10 @@ import pytest
 from prefect.blocks.core import Block
 
 from blocks.mongo import MongoOpportunityStore
+from blocks.registry import load_block
 from blocks.ses import SesEmailSender
 from blocks.sources import HttpCrmSource, HttpUsageSource
 from deployments.blocks_setup import BlocksConfigError, create_blocks_from_env
-from tasks.integrations import load_block
 
 SECRET_KEY = f"aws-secret-{uuid.uuid4().hex}"
 MONGO_PASSWORD = f"pw{uuid.uuid4().hex}"

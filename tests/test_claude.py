@@ -8,11 +8,10 @@ from collections.abc import Iterator
 import anthropic
 import pytest
 
-from blocks.anthropic import AnthropicCredentials
+from blocks.anthropic import TOOL_NAME, AnthropicCredentials, ClaudePlanner
+from blocks.sources import FixtureSource
 from flows.models import UsageAlert
-from tasks.claude import TOOL_NAME, ClaudePlanner
-from tasks.policy import is_permanent
-from tasks.sources import FixtureSource
+from tasks.runtime.policy import is_permanent
 from tests.fakes.anthropic_api import DEFAULT_PLAN, FakeAnthropic
 
 

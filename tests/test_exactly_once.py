@@ -10,11 +10,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ParameterTypeError
 
+from blocks.mongo import SqliteOpportunityStore
 from deployments.api import UpsellRequestError, send_customer_reply, trigger_upsell_workflow
 from flows.models import UpsellOutcome, UpsellStatus
 from flows.upsell import upsell
 from tasks.send_email_draft import EMAIL_STEP
-from tasks.store import SqliteOpportunityStore
 from tests.support import find_run_id, resume, task_runs, wait_until_final, wait_until_paused
 from tests.test_flow_levels import alert_for, emails
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from blocks.mongo import SqliteOpportunityStore
 from flows.models import AutomationLevel, UpsellOutcome, UpsellStatus, UsageAlert
 from flows.reply_timeouts import reply_timeouts
 from flows.upsell import upsell
-from tasks.store import SqliteOpportunityStore
 from tests.support import find_run_id, resume, task_runs, wait_until_paused
 
 

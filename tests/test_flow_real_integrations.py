@@ -29,10 +29,10 @@ from blocks import (
     SlackCredentials,
     ZoomCredentials,
 )
+from blocks.registry import SERVICES, load_block
 from flows.models import AutomationLevel, CustomerReply, UpsellOutcome, UpsellStatus, UsageAlert
 from flows.upsell import upsell
 from tasks.create_zoom_meeting import MEETING_STEP
-from tasks.integrations import SERVICES, load_block
 from tasks.post_slack_summary import SLACK_STEP
 from tasks.send_email_draft import EMAIL_STEP
 from tests.fakes.anthropic_api import DEFAULT_PLAN, FakeAnthropic

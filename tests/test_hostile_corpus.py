@@ -29,6 +29,7 @@ from prefect.settings import PREFECT_UI_URL
 from pydantic import SecretStr
 
 from blocks import AnthropicCredentials, HttpCrmSource, HttpUsageSource, SlackCredentials
+from blocks.mongo import SqliteOpportunityStore
 from flows.models import (
     AutomationLevel,
     ContractData,
@@ -42,7 +43,6 @@ from flows.models import (
 )
 from flows.upsell import upsell
 from tasks.post_slack_summary import post_slack_summary
-from tasks.store import SqliteOpportunityStore
 from tests.containment import email_failures, slack_failures, text_failures
 from tests.fakes.anthropic_api import DEFAULT_PLAN, FakeAnthropic
 from tests.fakes.server import serve_in_thread

@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from flows.models import EVENT_ID_PATTERN, WAIT_INPUTS
-from tasks.links import LinkToken, sign_token
+from tasks.runtime.links import LinkToken, sign_token
 from tests.test_webhook_support import SECRET, alert, signed_headers
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings

@@ -10,13 +10,13 @@ from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 
 from blocks import AnthropicCredentials, SlackCredentials, ZoomCredentials
+from blocks.anthropic import ClaudePlanner
+from blocks.registry import resolve
+from blocks.slack import SlackNotifier
+from blocks.sources import FixtureSource
+from blocks.zoom import ZoomClient
 from flows.models import UsageAlert
 from tasks.ask_claude_for_plan import ask_claude_for_plan
-from tasks.claude import ClaudePlanner
-from tasks.integrations import resolve
-from tasks.slack_client import SlackNotifier
-from tasks.sources import FixtureSource
-from tasks.zoom_client import ZoomClient
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.zoom_api import FakeZoom

@@ -19,13 +19,12 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import wait
 
-from blocks.slack import SlackCredentials
+from blocks.interfaces import SlackPost
+from blocks.limits import VendorRate, ensure_rate_limits
+from blocks.slack import RATE_LIMIT, SlackCredentials, SlackNotifier
+from blocks.sources import FixtureSource
 from flows.models import AutomationLevel, EmailResult, PlanResult, SlackResult, UpsellPlan, UsageAlert
-from tasks.interfaces import SlackPost
 from tasks.post_slack_summary import post_slack_summary
-from tasks.ratelimits import VendorRate, ensure_rate_limits
-from tasks.slack_client import RATE_LIMIT, SlackNotifier
-from tasks.sources import FixtureSource
 from tests.fakes.slack_api import FakeSlack
 
 logger = logging.getLogger(__name__)

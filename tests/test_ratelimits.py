@@ -9,10 +9,10 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 
 from blocks import AnthropicCredentials, SlackCredentials, ZoomCredentials
+from blocks.interfaces import SlackPost
+from blocks.limits import VENDOR_RATES, RateLimitSlotUnavailable, VendorRate, acquire_rate_limit, ensure_rate_limits
+from blocks.sources import FixtureSource
 from flows.models import UsageAlert
-from tasks.interfaces import SlackPost
-from tasks.ratelimits import VENDOR_RATES, RateLimitSlotUnavailable, VendorRate, acquire_rate_limit, ensure_rate_limits
-from tasks.sources import FixtureSource
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.zoom_api import FakeZoom

@@ -64,11 +64,11 @@ from blocks import (
     SlackCredentials,
     ZoomCredentials,
 )
+from blocks.registry import SERVICES
 from deployments.api import trigger_upsell_workflow
 from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
 from flows.upsell import upsell
-from tasks.integrations import SERVICES
-from tasks.links import verify_token
+from tasks.runtime.links import verify_token
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.server import serve_in_thread
 from tests.fakes.slack_api import FakeSlack

@@ -19,16 +19,15 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import State
 from pydantic import SecretStr
 
-from blocks.ses import SesEmailSender
+from blocks.anthropic import RuleBasedPlanner
+from blocks.interfaces import SendOutcomeUnknown
+from blocks.mongo import SqliteOpportunityStore
+from blocks.ses import IDEMPOTENCY_HEADER, SesEmailSender
+from blocks.sources import FixtureSource
 from flows.models import EmailDraft, EmailResult, UsageAlert
-from tasks.email_message import compose_email
-from tasks.interfaces import SendOutcomeUnknown
-from tasks.planner import RuleBasedPlanner
-from tasks.policy import is_permanent
+from tasks.content.email import compose_email
+from tasks.runtime.policy import is_permanent
 from tasks.send_email_draft import EMAIL_STEP, send_email_draft
-from tasks.ses_client import IDEMPOTENCY_HEADER
-from tasks.sources import FixtureSource
-from tasks.store import SqliteOpportunityStore
 from tests.fakes.server import serve_in_thread
 from tests.fakes.ses import ProxyState, create_proxy, parse_raw, sent_raw_messages
 

@@ -8,13 +8,12 @@ import pytest
 from prefect import flow
 from slack_sdk.errors import SlackApiError
 
-from blocks.slack import SlackCredentials
+from blocks.interfaces import PermanentError, SlackPost
+from blocks.slack import SlackCredentials, SlackNotifier, SlackRateLimited
+from blocks.sources import FixtureSource
 from flows.models import AutomationLevel, EmailResult, PlanResult, UpsellPlan, UsageAlert
-from tasks.interfaces import PermanentError, SlackPost
-from tasks.policy import is_permanent
 from tasks.post_slack_summary import post_slack_summary
-from tasks.slack_client import SlackNotifier, SlackRateLimited
-from tasks.sources import FixtureSource
+from tasks.runtime.policy import is_permanent
 from tests.fakes.slack_api import FakeSlack
 
 MESSAGE = SlackPost(text="Upsell: Growth -> Professional", blocks=[{"type": "divider"}])

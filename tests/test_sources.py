@@ -14,12 +14,12 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.states import State
 from pydantic import SecretStr
 
+from blocks.interfaces import PermanentError
 from blocks.sources import HttpCrmSource, HttpUsageSource
 from flows.models import ContractData, UsageAlert, UsageData
 from tasks.content.untrusted import UnsafeData
 from tasks.fetch_contract import fetch_contract
 from tasks.fetch_usage import fetch_usage
-from tasks.interfaces import PermanentError
 from tests.fakes.server import serve_in_thread
 from tests.fakes.usage_api import UsageApiState, create_app
 

@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from blocks import HttpCrmSource, HttpUsageSource, SlackCredentials
 from deployments.api import trigger_upsell_workflow
 from flows.models import AutomationLevel, SlackResult
-from tasks.policy import RETRIES
+from tasks.runtime.policy import RETRIES
 from tests.conftest import Runner
 from tests.fakes.server import serve_in_thread
 from tests.fakes.silent import SilentServer

@@ -11,6 +11,11 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from blocks.anthropic import RuleBasedPlanner
+from blocks.interfaces import PermanentError, SendOutcomeUnknown
+from blocks.mongo import SqliteOpportunityStore
+from blocks.ses import OutboxEmailSender
+from blocks.sources import FixtureSource
 from flows.models import (
     AutomationLevel,
     ContractData,
@@ -19,20 +24,15 @@ from flows.models import (
     UpsellStage,
     UsageAlert,
     automation_level_for,
+    load_catalogue,
 )
-from tasks.catalogue import load_catalogue
+from tasks.content.email import compose_email
 from tasks.create_zoom_meeting import next_business_slot
-from tasks.email_message import compose_email
-from tasks.interfaces import PermanentError, SendOutcomeUnknown
-from tasks.links import InvalidToken, LinkToken, sign_token, verify_token
-from tasks.once import run_once
-from tasks.outbox import OutboxEmailSender
-from tasks.planner import RuleBasedPlanner
-from tasks.policy import is_permanent
-from tasks.progress import render_journal
-from tasks.settings import UpsellSettings
-from tasks.sources import FixtureSource
-from tasks.store import SqliteOpportunityStore
+from tasks.runtime.links import InvalidToken, LinkToken, sign_token, verify_token
+from tasks.runtime.once import run_once
+from tasks.runtime.policy import is_permanent
+from tasks.runtime.progress import render_journal
+from tasks.runtime.settings import UpsellSettings
 
 SEED = UsageAlert(event_id="001", account_id="12345", metric_type="trade_volume", current_value=150, threshold=100)
 

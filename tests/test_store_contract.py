@@ -16,13 +16,11 @@ from prefect import flow
 from pydantic import SecretStr
 from pymongo import MongoClient
 
-from blocks.mongo import MongoOpportunityStore
+from blocks.interfaces import OpportunityStore
+from blocks.mongo import MongoOpportunityStore, MongoStore, SqliteOpportunityStore
+from blocks.registry import resolve
 from flows.models import AutomationLevel, CustomerReply, Opportunity, UpsellStatus
-from tasks.integrations import resolve
-from tasks.interfaces import OpportunityStore
 from tasks.log_opportunity import log_opportunity
-from tasks.mongo_store import MongoStore
-from tasks.store import SqliteOpportunityStore
 
 
 @pytest.fixture(params=["sqlite", "mongo"])

@@ -7,6 +7,8 @@ from email import policy
 
 import pytest
 
+from blocks.anthropic import RuleBasedPlanner
+from blocks.sources import FixtureSource
 from flows.models import (
     AutomationLevel,
     ContractData,
@@ -16,9 +18,10 @@ from flows.models import (
     UpsellPlan,
     UsageAlert,
     UsageData,
+    load_catalogue,
 )
-from tasks.catalogue import load_catalogue
 from tasks.content.admission import accept_contract, accept_plan, accept_usage, plan_problem, value_cap
+from tasks.content.email import build_message, compose_email, subject_for
 from tasks.content.outgoing import allowed_links, email_problems, slack_problems
 from tasks.content.untrusted import (
     UnsafeData,
@@ -29,10 +32,7 @@ from tasks.content.untrusted import (
     findings,
     normalise,
 )
-from tasks.email_message import build_message, compose_email, subject_for
-from tasks.planner import RuleBasedPlanner
 from tasks.post_slack_summary import build_summary, build_withheld_notice
-from tasks.sources import FixtureSource
 from tests.containment import content_failures, slack_failures
 from tests.hostile_corpus import CORPUS, HOSTILE_ADDRESSES
 

@@ -15,10 +15,10 @@ from email.parser import BytesParser
 import httpx
 import pytest
 
+from blocks.mongo import SqliteOpportunityStore
+from blocks.sources import FixtureSource
 from flows.models import UpsellOutcome
-from tasks.links import LinkToken, sign_token, verify_token
-from tasks.sources import FixtureSource
-from tasks.store import SqliteOpportunityStore
+from tasks.runtime.links import LinkToken, sign_token, verify_token
 from tests.support import read_run, wait_until_final, wait_until_paused
 from tests.test_webhook_support import SECRET, alert, get_status, post_alert
 from webhook.serve import ReceiverThread

@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from blocks.zoom import ZoomCredentials
-from tasks.interfaces import SendOutcomeUnknown
-from tasks.policy import is_permanent
-from tasks.zoom_client import ZoomRateLimited
+from blocks.interfaces import SendOutcomeUnknown
+from blocks.zoom import ZoomCredentials, ZoomRateLimited
+from tasks.runtime.policy import is_permanent
 from tests.fakes.zoom_api import FakeZoom
 
 START = datetime(2030, 1, 2, 15, 0, tzinfo=UTC)

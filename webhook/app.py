@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import ValidationError
 
 from deployments.api import WAIT_INPUTS, NotWaitingError, UpsellRequestError, resume_wait, validate_wait_input
-from tasks.links import InvalidToken, LinkToken, verify_token
+from tasks.runtime.links import InvalidToken, LinkToken, verify_token
 from webhook.dispatcher import AlertDispatcher, PrefectUnavailable
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus, ErrorAnswer, Health, non_finite_path
 from webhook.pages import confirm_form, describe, page

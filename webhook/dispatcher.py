@@ -22,9 +22,9 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from blocks.registry import resolve
 from deployments.api import create_upsell_run, deployment_id_for
 from flows.models import STAGE_ORDER, UsageAlert, automation_level_for
-from tasks.integrations import resolve
 from tasks.recover_runs import HEARTBEAT_EVENT
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus
 from webhook.settings import ReceiverSettings

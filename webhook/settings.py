@@ -10,7 +10,7 @@ from pydantic_settings import NoDecode
 
 from flows.models import Severity
 from flows.recovery import STALE_AFTER_S
-from tasks.settings import UpsellSettings
+from tasks.runtime.settings import UpsellSettings
 
 DEFAULT_METRICS = ["trade_volume", "trade_value", "balance_change"]
 DEFAULT_SEVERITIES = [Severity.HIGH, Severity.CRITICAL]

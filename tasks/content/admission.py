@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flows.models import ContractData, PlanResult, UpsellPlan, UsageAlert, UsageData
-from tasks.catalogue import Catalogue
+from flows.models import Catalogue, ContractData, PlanResult, UpsellPlan, UsageAlert, UsageData
 from tasks.content.untrusted import (
     CAPS,
     MAX_FEATURES,

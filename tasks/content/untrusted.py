@@ -22,7 +22,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
-from tasks.interfaces import PermanentError
+from blocks.interfaces import PermanentError
 
 #: Length caps, per field, in characters (after normalisation).
 CAPS: dict[str, int] = {

@@ -14,8 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
+from blocks.registry import SERVICES, resolve
 from flows.models import STAGE_ORDER, UpsellStage, UsageAlert
-from tasks.integrations import SERVICES, resolve
 
 #: Event name emitted when a stage is reached, so Prefect automations can act on it.
 STAGE_EVENTS: dict[UpsellStage, str] = {

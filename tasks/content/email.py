@@ -19,7 +19,7 @@ ANSWER_LABELS = {"yes": "Yes, let's talk", "no": "No, thanks", "maybe": "Maybe l
 @cache
 def _templates() -> Environment:
     return Environment(
-        loader=PackageLoader("tasks", "templates"),
+        loader=PackageLoader("tasks.content", "templates"),
         autoescape=select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
         undefined=StrictUndefined,
         keep_trailing_newline=True,

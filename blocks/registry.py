@@ -16,12 +16,13 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.context import FlowRunContext
 
-from tasks.local_records import LocalMeetingRecorder, LocalSlackRecorder
-from tasks.outbox import OutboxEmailSender
-from tasks.planner import RuleBasedPlanner
-from tasks.settings import UpsellSettings, get_settings
-from tasks.sources import FixtureSource
-from tasks.store import SqliteOpportunityStore
+from blocks.anthropic import RuleBasedPlanner
+from blocks.mongo import SqliteOpportunityStore
+from blocks.ses import OutboxEmailSender
+from blocks.slack import LocalSlackRecorder
+from blocks.sources import FixtureSource
+from blocks.zoom import LocalMeetingRecorder
+from tasks.runtime.settings import UpsellSettings, get_settings
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tasks.interfaces import OpportunityStore, SendOutcomeUnknown
+from blocks.interfaces import OpportunityStore, SendOutcomeUnknown
 from tasks.runtime.faults import fault_point
 
 

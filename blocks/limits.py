@@ -9,13 +9,60 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import overload
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.concurrency.sync import rate_limit
-
-from tasks.policy import request_timeout
+from prefect.context import TaskRunContext
 
 logger = logging.getLogger(__name__)
+
+#: The least a request made near the end of its step is given (it still fails fast, with the client's own error).
+MIN_REQUEST_TIMEOUT_S = 0.1
+
+
+def step_time_left() -> float | None:
+    """Seconds left of the running step's timeout; None outside a step, or for a step without a timeout.
+
+    Prefect ends a step at its timeout by a signal only in a process's main thread (`--processes`); in a worker
+    thread (flow runs in threads, `deployments/inprocess.py`) the timeout takes effect only once the blocking
+    call in progress returns. So every wait a step makes on the outside (a vendor request, a rate-limit slot)
+    is bounded by this, taken when the wait starts: a vendor that never answers cannot hold the step, or its
+    thread, past its deadline, and the timeout then ends the step as the call returns.
+    """
+    context = TaskRunContext.get()
+    step_timeout = context.task.timeout_seconds if context is not None else None
+    if context is None or not step_timeout:
+        return None
+    elapsed = (datetime.now(UTC) - context.start_time).total_seconds()  # this attempt's context, not the first's
+    return max(step_timeout - elapsed, MIN_REQUEST_TIMEOUT_S)
+
+
+@overload
+def request_timeout(configured_s: float) -> float: ...
+@overload
+def request_timeout(configured_s: None) -> float | None: ...
+def request_timeout(configured_s: float | None) -> float | None:
+    """`configured_s` (a client's own timeout; None: none), but never past what is left of the running step."""
+    left = step_time_left()
+    if left is None:
+        return configured_s
+    return left if configured_s is None else min(configured_s, left)
+
+
+def cap_request_timeout(request: httpx.Request) -> None:
+    """httpx request hook: this request's timeouts (connect, read, write, pool) end with the step at the latest.
+
+    A hook, not the client's timeout, because a step may wait (a rate-limit slot, an earlier request) between
+    building its client and sending a request.
+    """
+    left = step_time_left()
+    timeouts = request.extensions.get("timeout")
+    if left is not None and isinstance(timeouts, dict):
+        request.extensions["timeout"] = {k: left if v is None else min(v, left) for k, v in timeouts.items()}
+
 
 #: Longest a request waits for a rate-limit slot before its step fails (and is retried by the task).
 SLOT_TIMEOUT_S = 120.0
