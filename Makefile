@@ -19,14 +19,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## Set up, start a local Prefect server, run the demo upsells, print the results
 	$(BIN)/upsell demo
 
-test: $(STAMP)  ## Set up, lint, type-check and run the whole test suite (starts and stops its own servers)
+test: $(STAMP)  ## Set up, lint, type-check, check the layers and dead code, run the whole test suite (starts and stops its own servers)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/vulture
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint: $(STAMP)  ## Lint and type-check
+lint: $(STAMP)  ## Lint, type-check, check the layers (import-linter) and dead code (vulture)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 up: $(STAMP)  ## Start the local stack (Prefect server + UI, deployments, receiver)
 	$(BIN)/upsell up

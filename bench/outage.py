@@ -119,7 +119,7 @@ def main() -> None:
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
         from flows.upsell import upsell
-        from webhook.signing import sign
+        from tasks.runtime.signing import sign
 
         upsell.to_deployment(name="outage").apply()
         proxy = Proxy(int(api_url.split(":")[-1].split("/")[0]))

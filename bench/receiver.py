@@ -73,7 +73,7 @@ def alert_bodies(n: int, tag: str) -> list[bytes]:
 
 async def post_all(url: str, bodies: list[bytes], concurrency: int, want: str) -> tuple[float, int]:
     """POST every body (signed just before sending), `concurrency` at a time; (seconds, answers with `want`)."""
-    from webhook.signing import sign
+    from tasks.runtime.signing import sign
 
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
@@ -101,7 +101,7 @@ async def raw_rate(api_url: str, deployment: str, n: int, concurrency: int) -> f
     from prefect.client.orchestration import PrefectClient
     from prefect.exceptions import PrefectHTTPStatusError
 
-    from deployments.api import run_tags
+    from flows.api import run_tags
     from flows.models import AutomationLevel, UsageAlert
 
     async with PrefectClient(api=api_url) as client:

@@ -12,7 +12,7 @@ def create_upsells(prefix: str, n: int) -> tuple[list[Any], list[str]]:
     """`n` upsell runs of the served `upsell/upsell` deployment, one fresh account each: (alerts, run ids)."""
     from prefect.client.orchestration import get_client
 
-    from deployments.api import create_upsell_run
+    from flows.api import create_upsell_run
     from flows.models import AutomationLevel, UsageAlert
 
     batch = f"{int(time.time())}"

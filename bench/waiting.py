@@ -218,7 +218,7 @@ def new_items(n: int, tag: str) -> list[Tracked]:
 
 async def post_alerts(url: str, items: list[Tracked], concurrency: int) -> float:
     """POST every alert (signed just before sending), `concurrency` at a time; returns the burst's seconds."""
-    from webhook.signing import SIGNATURE_HEADER, sign
+    from tasks.runtime.signing import SIGNATURE_HEADER, sign
 
     queue: asyncio.Queue[Tracked] = asyncio.Queue()
     for item in items:
@@ -248,7 +248,7 @@ async def post_alerts(url: str, items: list[Tracked], concurrency: int) -> float
 
 async def resolve_queued(url: str, items: list[Tracked]) -> None:
     """Spooled alerts (202 queued) get their flow run when the receiver replays them: ask the receiver."""
-    from webhook.signing import SIGNATURE_HEADER, sign
+    from tasks.runtime.signing import SIGNATURE_HEADER, sign
 
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         for item in items:
@@ -340,7 +340,7 @@ def start_breakdown(items: list[Tracked]) -> list[tuple[str, list[float]]]:
 
 async def resume_all(client: Any, items: list[Tracked], chunk: int) -> float:
     """Answer every waiting run with "no", `chunk` replies at a time; returns the burst's seconds."""
-    from deployments.api import send_customer_reply
+    from flows.api import send_customer_reply
 
     async def reply(item: Tracked) -> None:
         try:

@@ -11,10 +11,9 @@ from anthropic.types import MessageParam, ToolParam
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, ValidationError
 
+from blocks.interfaces import PlanReview
 from blocks.limits import acquire_rate_limit, request_timeout
 from flows.models import Catalogue, ContractData, PlanResult, UpsellPlan, UsageData, load_catalogue
-from tasks.content.admission import plan_problem, value_cap
-from tasks.content.untrusted import normalise
 
 #: An upsell is worth at most this many times the account's spend (and the plan's list price).
 DEFAULT_VALUE_RATIO = 3.0
@@ -39,7 +38,8 @@ class RuleBasedPlanner:
     def __repr__(self) -> str:
         return "RuleBasedPlanner(catalogue tiers: " + ", ".join(self.catalogue.names) + ")"
 
-    def plan(self, usage: UsageData, contract: ContractData) -> PlanResult:
+    def plan(self, usage: UsageData, contract: ContractData, *, review: PlanReview | None = None) -> PlanResult:
+        """The next tier's plan. `review` is ignored: the text is ours, built from the figures and the catalogue."""
         current = self.catalogue.find(contract.current_plan)
         target = self.catalogue.next_tier(contract.current_plan)
         at_top = current is not None and target.name == current.name
@@ -155,8 +155,8 @@ class ClaudePlanner:
             ]
         )
 
-    def plan(self, usage: UsageData, contract: ContractData) -> PlanResult:
-        """Claude's plan, or the rule-based plan when Claude answers invalidly twice.
+    def plan(self, usage: UsageData, contract: ContractData, *, review: PlanReview) -> PlanResult:
+        """Claude's plan, or the rule-based plan when Claude answers invalidly twice (`review` is one of the checks).
 
         API errors are not caught: the SDK already retried 429/5xx (honouring retry-after), and 400/401 are
         configuration errors that must fail the step (they carry `status_code`, so the task does not retry).
@@ -170,7 +170,7 @@ class ClaudePlanner:
                 problems.append("malformed answer (not a Messages API response)")
                 continue
             try:
-                plan = self.validate(answer, contract)
+                plan = self.validate(answer, contract, review)
             except InvalidPlanAnswer as exc:
                 problems.append(str(exc))
                 messages = self._with_feedback(messages, answer, str(exc))
@@ -196,8 +196,8 @@ class ClaudePlanner:
             messages=messages,
         )
 
-    def validate(self, answer: anthropic.types.Message, contract: ContractData) -> UpsellPlan:
-        """The answer's plan, checked against the schema, the catalogue and the value bound."""
+    def validate(self, answer: anthropic.types.Message, contract: ContractData, review: PlanReview) -> UpsellPlan:
+        """The answer's plan, checked against the schema, the catalogue, `review` and the value bound."""
         if answer.stop_reason == "max_tokens":
             raise InvalidPlanAnswer("answer cut off at max_tokens")
         calls = [b for b in answer.content if b.type == "tool_use" and b.name == TOOL_NAME]
@@ -208,15 +208,15 @@ class ClaudePlanner:
         except ValidationError as exc:
             fields = ", ".join(".".join(str(p) for p in err["loc"]) or "input" for err in exc.errors())
             raise InvalidPlanAnswer(f"plan failed schema validation ({fields})") from exc
-        listed = self.catalogue.find(normalise(plan.recommended_plan))
+        listed = self.catalogue.find(plan.recommended_plan)
         if listed is None:
             raise InvalidPlanAnswer(
                 f"recommended_plan is not one of the catalogue's plans: {', '.join(self.catalogue.names)}"
             )
-        problem = plan_problem(plan)
+        problem = review(plan)
         if problem is not None:
             raise InvalidPlanAnswer(problem)
-        bound = value_cap(self.catalogue, listed.name, contract.current_spend, self.max_value_ratio)
+        bound = self.catalogue.value_cap(listed.name, contract.current_spend, self.max_value_ratio)
         if plan.estimated_value > bound:
             raise InvalidPlanAnswer(
                 f"estimated_value is above the bound of {bound:,.0f}"

@@ -3,12 +3,14 @@ stand-in (used when no block is saved). Tasks depend on these, never on a concre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from email.message import EmailMessage
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from flows.models import ContractData, EmailDraft, Meeting, Opportunity, PlanResult, UsageAlert, UsageData
+from flows.models import ContractData, Meeting, Opportunity, PlanResult, UpsellPlan, UsageAlert, UsageData
 
 
 class PermanentError(Exception):
@@ -25,16 +27,15 @@ class UsageSource(Protocol):
     def fetch_usage(self, alert: UsageAlert) -> UsageData: ...
 
 
-class UsageScanner(Protocol):
-    """A usage source that can list the alerts of a time window (for scheduled backfills)."""
-
-    def scan(self, since: datetime, until: datetime) -> list[UsageAlert]: ...
-
-
 class CrmSource(Protocol):
     """Where contracts come from."""
 
     def fetch_contract(self, account_id: str) -> ContractData: ...
+
+
+#: The content check a model's plan must pass (the first rule it breaks, named, or None). The planner's caller
+#: owns the content policy and hands it in; a planner that writes its own text may ignore it.
+PlanReview = Callable[[UpsellPlan], str | None]
 
 
 class Planner(Protocol):
@@ -42,13 +43,18 @@ class Planner(Protocol):
 
     max_value_ratio: float  # the plan's value is at most this many times the spend (and the list price)
 
-    def plan(self, usage: UsageData, contract: ContractData) -> PlanResult: ...
+    def plan(self, usage: UsageData, contract: ContractData, *, review: PlanReview) -> PlanResult:
+        """A plan; a model's answer that `review` finds a problem in is not used as it is."""
+        ...
 
 
 class EmailSender(Protocol):
-    """Delivers one email and returns the provider's message id."""
+    """Delivers one built email (to its To address) and returns the provider's message id."""
 
-    def send(self, draft: EmailDraft, *, idempotency_key: str) -> str: ...
+    from_address: str  # the From of the messages it sends (a verified SES identity)
+    from_name: str
+
+    def send(self, message: EmailMessage, *, idempotency_key: str) -> str: ...
 
 
 class SlackPost(BaseModel):

@@ -8,9 +8,12 @@ created by `ensure_rate_limits` (`upsell blocks create` or an operator) and tune
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import overload
+from email.utils import parsedate_to_datetime
+from typing import TypeVar, overload
 
 import httpx
 from prefect.client.orchestration import SyncPrefectClient
@@ -18,6 +21,8 @@ from prefect.concurrency.sync import rate_limit
 from prefect.context import TaskRunContext
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: The least a request made near the end of its step is given (it still fails fast, with the client's own error).
 MIN_REQUEST_TIMEOUT_S = 0.1
@@ -119,3 +124,63 @@ def ensure_rate_limits(client: SyncPrefectClient, rates: dict[str, VendorRate] |
     for name, rate in rates.items():
         client.upsert_global_concurrency_limit_by_name(name, limit=rate.burst, slot_decay_per_second=rate.per_second)
     return rates
+
+
+class VendorRateLimited(Exception):
+    """The vendor kept answering 429 (or asked for a longer wait than we allow): retry the step later."""
+
+
+@dataclass(frozen=True)
+class RetryAfter:
+    """What an attempt returns for a rate-limited answer (HTTP 429): wait `seconds`, then try again."""
+
+    seconds: float
+    cause: BaseException | None = None  # the attempt's error, chained to the final VendorRateLimited
+    detail: str = ""  # for the log, e.g. which of the vendor's limits was hit
+
+
+def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
+    """A Retry-After header in seconds: delta-seconds, or the time until an HTTP date (Zoom's daily limits
+    answer with one); `default` when absent; infinite when unreadable (longer than any wait we allow)."""
+    if value is None:
+        return default
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        until = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return float("inf")
+    if until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    return max((until - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def retry_after(
+    attempt_fn: Callable[[], T | RetryAfter],
+    *,
+    rate_limit: str,
+    max_retries: int,
+    max_wait_s: float,
+    vendor: str,
+    gave_up: type[VendorRateLimited] = VendorRateLimited,
+) -> T:
+    """`attempt_fn`'s answer, each try under a slot of the `rate_limit`; a `RetryAfter` answer is tried again
+    after its wait, at most `max_retries` times and only for waits up to `max_wait_s`, else raises `gave_up`.
+
+    The vendor's own 429s are honoured here, not by the SDK's retries: every try takes a rate-limit slot, and
+    nothing else is retried (a resend after a timeout could act twice).
+    """
+    for attempt in range(max_retries + 1):
+        acquire_rate_limit(rate_limit)
+        outcome = attempt_fn()
+        if not isinstance(outcome, RetryAfter):
+            return outcome
+        wait = outcome.seconds
+        if attempt >= max_retries or wait > max_wait_s:
+            raise gave_up(f"{vendor} rate limited (Retry-After {wait:g}s) after {attempt + 1} tries") from outcome.cause
+        hit = f" ({outcome.detail})" if outcome.detail else ""
+        logger.info("%s rate limited%s; retrying in %.1fs (Retry-After)", vendor, hit, wait)
+        time.sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises

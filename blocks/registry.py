@@ -6,111 +6,104 @@ Nothing here runs at import time.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
-from blocks.anthropic import RuleBasedPlanner
-from blocks.mongo import SqliteOpportunityStore
-from blocks.ses import OutboxEmailSender
-from blocks.slack import LocalSlackRecorder
-from blocks.sources import FixtureSource
-from blocks.zoom import LocalMeetingRecorder
-from tasks.runtime.settings import UpsellSettings, get_settings
+from blocks.anthropic import AnthropicCredentials, RuleBasedPlanner
+from blocks.interfaces import (
+    ChatNotifier,
+    CrmSource,
+    EmailSender,
+    MeetingScheduler,
+    OpportunityStore,
+    Planner,
+    UsageSource,
+)
+from blocks.mongo import MongoOpportunityStore, SqliteOpportunityStore
+from blocks.ses import OutboxEmailSender, SesEmailSender
+from blocks.slack import LocalSlackRecorder, SlackCredentials
+from blocks.sources import FixtureSource, HttpCrmSource, HttpUsageSource
+from blocks.zoom import LocalMeetingRecorder, ZoomCredentials
+
+B = TypeVar("B", bound=Block)
+C = TypeVar("C")
+
+
+class StandinSettings(Protocol):
+    """What the local stand-ins need of the process settings (`tasks.runtime.settings.UpsellSettings` has it)."""
+
+    @property
+    def data_dir(self) -> Path: ...  # where the stand-ins keep their files
+
+    @property
+    def sender_name(self) -> str: ...  # From name of the outbox's emails
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
-    """How one integration is resolved: its block class, its document name and its local stand-in."""
+class ServiceSpec(Generic[B, C]):
+    """How one integration is resolved: its block class and document name, and its local stand-in.
+
+    `connect` (the block's `get_client`) and `standin` build the same interface `C`, which mypy checks.
+    """
 
     service: str
-    block_class: str  # "module:Class"
+    block_class: type[B]
     document: str
-    standin: Callable[[UpsellSettings], Any]
+    connect: Callable[[B], C]
+    standin: Callable[[StandinSettings], C]
     standin_label: str
 
 
-SERVICES: dict[str, ServiceSpec] = {
-    spec.service: spec
-    for spec in [
-        ServiceSpec(
-            "usage",
-            "blocks.sources:HttpUsageSource",
-            "upsell-usage",
-            lambda s: FixtureSource(),
-            "bundled fixture accounts",
-        ),
-        ServiceSpec(
-            "crm",
-            "blocks.sources:HttpCrmSource",
-            "upsell-crm",
-            lambda s: FixtureSource(),
-            "bundled fixture accounts",
-        ),
-        ServiceSpec(
-            "planner",
-            "blocks.anthropic:AnthropicCredentials",
-            "upsell-anthropic",
-            lambda s: RuleBasedPlanner(),
-            "rule-based planner",
-        ),
-        ServiceSpec(
-            "email",
-            "blocks.ses:SesEmailSender",
-            "upsell-ses",
-            lambda s: OutboxEmailSender(s.data_dir / "outbox", from_name=s.sender_name),
-            "file outbox",
-        ),
-        ServiceSpec(
-            "slack",
-            "blocks.slack:SlackCredentials",
-            "upsell-slack",
-            lambda s: LocalSlackRecorder(s.data_dir / "slack.jsonl"),
-            "local Slack record",
-        ),
-        ServiceSpec(
-            "zoom",
-            "blocks.zoom:ZoomCredentials",
-            "upsell-zoom",
-            lambda s: LocalMeetingRecorder(s.data_dir / "meetings.jsonl"),
-            "local meeting record",
-        ),
-        ServiceSpec(
-            "store",
-            "blocks.mongo:MongoOpportunityStore",
-            "upsell-mongo",
-            lambda s: SqliteOpportunityStore(s.data_dir / "upsell.db"),
-            "embedded SQLite store",
-        ),
-    ]
+USAGE: ServiceSpec[HttpUsageSource, UsageSource] = ServiceSpec(
+    "usage", HttpUsageSource, "upsell-usage", HttpUsageSource.get_client,
+    lambda s: FixtureSource(), "bundled fixture accounts",
+)  # fmt: skip
+CRM: ServiceSpec[HttpCrmSource, CrmSource] = ServiceSpec(
+    "crm", HttpCrmSource, "upsell-crm", HttpCrmSource.get_client,
+    lambda s: FixtureSource(), "bundled fixture accounts",
+)  # fmt: skip
+PLANNER: ServiceSpec[AnthropicCredentials, Planner] = ServiceSpec(
+    "planner", AnthropicCredentials, "upsell-anthropic", AnthropicCredentials.get_client,
+    lambda s: RuleBasedPlanner(), "rule-based planner",
+)  # fmt: skip
+EMAIL: ServiceSpec[SesEmailSender, EmailSender] = ServiceSpec(
+    "email", SesEmailSender, "upsell-ses", SesEmailSender.get_client,
+    lambda s: OutboxEmailSender(s.data_dir / "outbox", from_name=s.sender_name), "file outbox",
+)  # fmt: skip
+SLACK: ServiceSpec[SlackCredentials, ChatNotifier] = ServiceSpec(
+    "slack", SlackCredentials, "upsell-slack", SlackCredentials.get_client,
+    lambda s: LocalSlackRecorder(s.data_dir / "slack.jsonl"), "local Slack record",
+)  # fmt: skip
+ZOOM: ServiceSpec[ZoomCredentials, MeetingScheduler] = ServiceSpec(
+    "zoom", ZoomCredentials, "upsell-zoom", ZoomCredentials.get_client,
+    lambda s: LocalMeetingRecorder(s.data_dir / "meetings.jsonl"), "local meeting record",
+)  # fmt: skip
+STORE: ServiceSpec[MongoOpportunityStore, OpportunityStore] = ServiceSpec(
+    "store", MongoOpportunityStore, "upsell-mongo", MongoOpportunityStore.get_client,
+    lambda s: SqliteOpportunityStore(s.data_dir / "upsell.db"), "embedded SQLite store",
+)  # fmt: skip
+
+SERVICES: dict[str, ServiceSpec[Any, Any]] = {
+    spec.service: spec for spec in (USAGE, CRM, PLANNER, EMAIL, SLACK, ZOOM, STORE)
 }
 
 
 @dataclass(frozen=True)
-class Resolved:
+class Resolved(Generic[C]):
     """The client chosen for a service, and whether it is the local stand-in."""
 
     service: str
-    client: Any
+    client: C
     standin: bool
     description: str
-
-
-def _block_class(spec: ServiceSpec) -> type[Block] | None:
-    module_name, _, class_name = spec.block_class.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return None  # this integration has no block class in this build
-    return getattr(module, class_name)
 
 
 #: Blocks looked up by the current segment of a flow run: (flow run id, its Running state's id) -> service ->
@@ -120,41 +113,32 @@ def _block_class(spec: ServiceSpec) -> type[Block] | None:
 _RUN_LOOKUPS: OrderedDict[tuple[str, str], dict[str, Block | None]] = OrderedDict()
 _RUN_LOOKUPS_MAX = 1024
 _RUN_LOOKUPS_LOCK = threading.Lock()
+#: Block documents read per API request (Prefect's default cap on a page).
+_PAGE = 200
 
 
 def load_blocks() -> dict[str, Block | None]:
-    """Every service's saved block document (None when none is saved), in one API request.
+    """Every service's saved block document (None when none is saved), in one lookup.
 
-    Asks for the documents named `upsell-<service>` at once and keeps each one whose block type is the
-    service's block class; the block is built from the document's data (its secrets included).
+    Reads the block documents (a page of `_PAGE` at a time, usually one page) and keeps each one named
+    `upsell-<service>` whose block type is the service's block class; the block is built from the document's
+    data (its secrets included).
     """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import BlockDocumentFilter, BlockDocumentFilterName
-    from prefect.client.schemas.objects import BlockDocument
-
-    classes = {service: _block_class(spec) for service, spec in SERVICES.items()}
-    wanted = {(spec.document, cls.get_block_type_slug()): service
-              for service, spec in SERVICES.items() if (cls := classes[service]) is not None}
-    names = BlockDocumentFilterName(any_=sorted({name for name, _slug in wanted}))
-    with get_client(sync_client=True) as client:
-        response = client.request(
-            "POST",
-            "/block_documents/filter",
-            json={
-                "block_documents": BlockDocumentFilter(name=names).model_dump(mode="json", exclude_unset=True),
-                "include_secrets": True,
-                "limit": 200,
-            },
-        )
+    wanted = {(spec.document, spec.block_class.get_block_type_slug()): spec for spec in SERVICES.values()}
     found: dict[str, Block | None] = dict.fromkeys(SERVICES)
-    for document in BlockDocument.model_validate_list(response.json()):
-        slug = document.block_type.slug if document.block_type is not None else None
-        service = wanted.get((document.name or "", slug or ""))
-        cls = classes.get(service) if service else None
-        if service is not None and cls is not None:
-            # the document's fields are the block's fields (ours hold no nested block references)
-            found[service] = cls.model_validate(document.data)
-    return found
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            page = client.read_block_documents(limit=_PAGE, offset=offset, include_secrets=True)
+            for document in page:
+                slug = document.block_type.slug if document.block_type is not None else ""
+                spec = wanted.get((document.name or "", slug))
+                if spec is not None:
+                    # the document's fields are the block's fields (ours hold no nested block references)
+                    found[spec.service] = spec.block_class.model_validate(document.data)
+            if len(page) < _PAGE:
+                return found
+            offset += len(page)
 
 
 def load_block(service: str) -> Block | None:
@@ -176,11 +160,27 @@ def load_block(service: str) -> Block | None:
     return blocks[service]
 
 
-def resolve(service: str, settings: UpsellSettings | None = None) -> Resolved:
-    """The real client when the service's block is saved, otherwise its local stand-in."""
+@overload
+def resolve(service: Literal["usage"], settings: StandinSettings) -> Resolved[UsageSource]: ...
+@overload
+def resolve(service: Literal["crm"], settings: StandinSettings) -> Resolved[CrmSource]: ...
+@overload
+def resolve(service: Literal["planner"], settings: StandinSettings) -> Resolved[Planner]: ...
+@overload
+def resolve(service: Literal["email"], settings: StandinSettings) -> Resolved[EmailSender]: ...
+@overload
+def resolve(service: Literal["slack"], settings: StandinSettings) -> Resolved[ChatNotifier]: ...
+@overload
+def resolve(service: Literal["zoom"], settings: StandinSettings) -> Resolved[MeetingScheduler]: ...
+@overload
+def resolve(service: Literal["store"], settings: StandinSettings) -> Resolved[OpportunityStore]: ...
+@overload
+def resolve(service: str, settings: StandinSettings) -> Resolved[object]: ...
+def resolve(service: str, settings: StandinSettings) -> Resolved[Any]:
+    """The real client when the service's block is saved, otherwise its local stand-in (built from `settings`)."""
     spec = SERVICES[service]
     block = load_block(service)
     if block is not None:
-        return Resolved(service, block.get_client(), False, f"{spec.document} ({type(block).__name__})")  # type: ignore[attr-defined]
-    client = spec.standin(settings or get_settings())
+        return Resolved(service, spec.connect(block), False, f"{spec.document} ({type(block).__name__})")
+    client = spec.standin(settings)
     return Resolved(service, client, True, f"{spec.standin_label}: {client!r}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from email import policy
+from email.message import EmailMessage
 from email.parser import BytesParser
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,8 @@ from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from blocks.interfaces import SendOutcomeUnknown
+from blocks.interfaces import PermanentError, SendOutcomeUnknown
 from blocks.limits import acquire_rate_limit, request_timeout
-from flows.models import EmailDraft
-from tasks.content.email import build_message
 
 #: Long URL headers (List-Unsubscribe) must stay plain ASCII, not RFC 2047 encoded-words: fold at 998.
 WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
@@ -38,13 +38,13 @@ class OutboxEmailSender:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in idempotency_key)
         return self.outbox / f"{safe}.eml"
 
-    def send(self, draft: EmailDraft, *, idempotency_key: str) -> str:
+    def send(self, message: EmailMessage, *, idempotency_key: str) -> str:
+        """Write the message as `.eml`; returns its Message-ID (the earlier file's, when the key was sent)."""
         self.outbox.mkdir(parents=True, exist_ok=True)
         path = self.path_for(idempotency_key)
         if path.exists():  # written before a crash: the same email, not a new one
             with path.open("rb") as handle:
                 return str(BytesParser(policy=policy.default).parse(handle)["Message-ID"])
-        message = build_message(draft, from_address=self.from_address, from_name=self.from_name)
         tmp = path.with_suffix(".eml.tmp")
         tmp.write_bytes(message.as_bytes(policy=WIRE_POLICY))
         os.replace(tmp, path)  # atomic: the outbox never holds half an email
@@ -56,7 +56,8 @@ IDEMPOTENCY_HEADER = "X-Upsell-Idempotency-Key"
 
 
 class SesEmailClient:
-    """Sends the upsell email as one raw MIME message (text + HTML parts, List-Unsubscribe headers).
+    """Sends the upsell email as one raw MIME message (built by the caller, From this client's identity) to the
+    message's To address.
 
     `client` is a boto3 `sesv2` client built with botocore's retries off: SES has no idempotency token, so
     a retried send could deliver twice. The task's idempotency record decides about retries instead.
@@ -73,12 +74,17 @@ class SesEmailClient:
     def __repr__(self) -> str:
         return f"SesEmailClient({self.client.meta.region_name}, from={self.from_address!r})"
 
-    def send(self, draft: EmailDraft, *, idempotency_key: str) -> str:
-        message = build_message(draft, from_address=self.from_address, from_name=self.from_name)
+    def send(self, message: EmailMessage, *, idempotency_key: str) -> str:
+        """Send the message as it is, plus the idempotency header; returns SES's message id."""
+        to_headers = [str(value) for value in message.get_all("To", [])]
+        recipients = [address for _name, address in getaddresses(to_headers) if address]
+        if not recipients:
+            raise PermanentError("the message has no To address")
+        del message[IDEMPOTENCY_HEADER]  # one header, whoever set it before
         message[IDEMPOTENCY_HEADER] = idempotency_key
         request: dict[str, Any] = {
             "FromEmailAddress": str(message["From"]),
-            "Destination": {"ToAddresses": [draft.to]},
+            "Destination": {"ToAddresses": recipients},
             "Content": {"Raw": {"Data": message.as_bytes(policy=WIRE_POLICY)}},
         }
         if self.configuration_set:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -10,12 +9,11 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+from slack_sdk.web import SlackResponse
 
 from blocks.interfaces import PermanentError, SlackPost
-from blocks.limits import acquire_rate_limit, request_timeout
+from blocks.limits import RetryAfter, VendorRateLimited, request_timeout, retry_after, retry_after_seconds
 from blocks.local import append_record
-
-logger = logging.getLogger(__name__)
 
 RATE_LIMIT = "upsell-slack"
 
@@ -41,7 +39,7 @@ PERMANENT_ERRORS = frozenset(
 )
 
 
-class SlackRateLimited(Exception):
+class SlackRateLimited(VendorRateLimited):
     """Slack kept answering `ratelimited` (or asked for a longer wait than we allow): retry the step later."""
 
 
@@ -63,40 +61,38 @@ class SlackNotifier:
     def post(self, message: SlackPost) -> tuple[str, str]:
         """Post the summary; returns (channel id, message ts)."""
         channel = message.channel or self.channel
-        for attempt in range(self.max_rate_limit_retries + 1):
-            acquire_rate_limit(RATE_LIMIT)
+
+        def attempt() -> SlackResponse | RetryAfter:
             # this request ends with the running step at the latest (see request_timeout); urllib takes float
             # seconds, slack-sdk's hint says int
             self.client.timeout = request_timeout(self.timeout_s)  # type: ignore[assignment]
             try:
-                response = self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks)
+                return self.client.chat_postMessage(channel=channel, text=message.text, blocks=message.blocks)
             except SlackApiError as exc:
                 error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""
                 if exc.response.status_code == 429 or error == "ratelimited":
-                    wait = _retry_after(exc, default=1.0)
-                    if attempt < self.max_rate_limit_retries and wait <= self.max_retry_after_s:
-                        logger.info("Slack rate limited; retrying in %.1fs (Retry-After)", wait)
-                        time.sleep(wait)
-                        continue
-                    raise SlackRateLimited(
-                        f"Slack ratelimited (Retry-After {wait:g}s) after {attempt + 1} tries"
-                    ) from exc
+                    return RetryAfter(retry_after_seconds(_retry_after_header(exc)), cause=exc)
                 if error in PERMANENT_ERRORS:
                     raise PermanentError(f"Slack refused chat.postMessage: {error}") from exc
                 raise
-            return str(response["channel"]), str(response["ts"])
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        response = retry_after(
+            attempt,
+            rate_limit=RATE_LIMIT,
+            max_retries=self.max_rate_limit_retries,
+            max_wait_s=self.max_retry_after_s,
+            vendor="Slack",
+            gave_up=SlackRateLimited,
+        )
+        return str(response["channel"]), str(response["ts"])
 
 
-def _retry_after(exc: SlackApiError, default: float) -> float:
+def _retry_after_header(exc: SlackApiError) -> str | None:
+    """The answer's Retry-After (slack-sdk keeps header names as sent, and may hold a value as a list)."""
     for name, value in (exc.response.headers or {}).items():
         if name.lower() == "retry-after":
-            first = value[0] if isinstance(value, list) else value
-            try:
-                return max(float(first), 0.0)
-            except ValueError:
-                return default
-    return default
+            return str(value[0] if isinstance(value, list) else value)
+    return None
 
 
 class SlackCredentials(Block):

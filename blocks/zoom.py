@@ -16,7 +16,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from blocks.interfaces import SendOutcomeUnknown
-from blocks.limits import acquire_rate_limit, cap_request_timeout
+from blocks.limits import RetryAfter, VendorRateLimited, cap_request_timeout, retry_after, retry_after_seconds
 from blocks.local import append_record
 from flows.models import Meeting
 
@@ -39,7 +39,7 @@ _TOKENS: dict[tuple[str, str, str], _Token] = {}
 _TOKENS_LOCK = threading.Lock()
 
 
-class ZoomRateLimited(Exception):
+class ZoomRateLimited(VendorRateLimited):
     """Zoom kept answering 429 (or asked for a longer wait than we allow): retry the step later."""
 
 
@@ -135,24 +135,22 @@ class ZoomClient:
 
     def _send(self, request: Callable[[], httpx.Response]) -> httpx.Response:
         """Send under the rate limit; on 429 wait Retry-After and try again, a bounded number of times."""
-        for attempt in range(self.max_rate_limit_retries + 1):
-            acquire_rate_limit(RATE_LIMIT)
+
+        def attempt() -> httpx.Response | RetryAfter:
             response = request()
             if response.status_code != 429:
                 return response
-            wait = _retry_after(response, default=1.0)
-            if attempt >= self.max_rate_limit_retries or wait > self.max_retry_after_s:
-                raise ZoomRateLimited(f"Zoom answered 429 (Retry-After {wait:g}s) after {attempt + 1} tries")
-            logger.info("Zoom rate limited (%s); retrying in %.1fs", response.headers.get("X-RateLimit-Type"), wait)
-            time.sleep(wait)
-        raise AssertionError("unreachable")  # the loop returns or raises
+            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            return RetryAfter(wait, detail=response.headers.get("X-RateLimit-Type", ""))
 
-
-def _retry_after(response: httpx.Response, default: float) -> float:
-    try:
-        return max(float(response.headers.get("Retry-After", default)), 0.0)
-    except ValueError:  # an HTTP date: Zoom's daily limits answer with one; wait longer than we allow
-        return float("inf")
+        return retry_after(
+            attempt,
+            rate_limit=RATE_LIMIT,
+            max_retries=self.max_rate_limit_retries,
+            max_wait_s=self.max_retry_after_s,
+            vendor="Zoom",
+            gave_up=ZoomRateLimited,
+        )
 
 
 class ZoomCredentials(Block):

@@ -7,7 +7,6 @@ back to its local stand-in). Empty values count as unset.
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ class BlocksConfigError(ValueError):
 class EnvBlock:
     """How one service's block is built from environment variables: {block field: variable}."""
 
-    service: str  # key of tasks.integrations.SERVICES
+    service: str  # key of blocks.registry.SERVICES
     required: dict[str, str]
     optional: dict[str, str] = field(default_factory=dict)
     json_fields: frozenset[str] = frozenset()  # fields given as JSON objects
@@ -114,17 +113,13 @@ def _fields(spec: EnvBlock, environ: Mapping[str, str]) -> dict[str, Any] | None
     return present
 
 
-def _block_class(path: str) -> type[Block]:
-    module_name, _, class_name = path.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)  # type: ignore[no-any-return]
-
-
 def create_blocks_from_env(environ: Mapping[str, str]) -> list[str]:
     """Save `upsell-<service>` for every fully configured service; returns the saved document names.
 
     Every service is validated before anything is saved, so a mistake in one leaves the others untouched.
     """
-    from blocks.registry import SERVICES  # the document names and block classes the flow loads
+    # the document names and block classes the flow loads; imported here: the CLI loads vendor SDKs only to save
+    from blocks.registry import SERVICES
 
     pending: list[tuple[str, Block]] = []
     for spec in ENV_BLOCKS:
@@ -132,9 +127,8 @@ def create_blocks_from_env(environ: Mapping[str, str]) -> list[str]:
         if values is None:
             continue
         service = SERVICES[spec.service]
-        cls = _block_class(service.block_class)  # imported here: no block module loads at import time
         try:
-            block = cls(**values)
+            block = service.block_class(**values)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             raise BlocksConfigError(f"{service.document}: invalid configuration: {exc}") from exc
         pending.append((service.document, block))

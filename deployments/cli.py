@@ -104,7 +104,7 @@ def up(
 
     from deployments.stack import Stack, ensure_prefect_server, port_is_free, start_runner, wait_for_deployments
     from tasks.runtime.settings import get_settings
-    from webhook.signing import sign
+    from tasks.runtime.signing import sign
 
     settings = get_settings()
     if not port_is_free(receiver_port):
@@ -219,7 +219,7 @@ def trigger(
     """Start an upsell for one alert through the `upsell` deployment (once per event id)."""
     from prefect.client.orchestration import get_client
 
-    from deployments.api import UpsellRequestError, trigger_upsell_workflow
+    from flows.api import UpsellRequestError, trigger_upsell_workflow
     from flows.models import Severity, automation_level_for
 
     async def go() -> str:
@@ -252,7 +252,7 @@ def reply(
     """Resume a run waiting for the customer's reply."""
     from prefect.client.orchestration import get_client
 
-    from deployments.api import NotWaitingError, UpsellRequestError, send_customer_reply
+    from flows.api import NotWaitingError, UpsellRequestError, send_customer_reply
 
     async def go() -> None:
         async with get_client() as client:
@@ -277,7 +277,7 @@ def approve(
     """Answer whatever approval the run is waiting for (email, review, meeting or opportunity)."""
     from prefect.client.orchestration import get_client
 
-    from deployments.api import NotWaitingError, UpsellRequestError, resume_wait, waiting_for
+    from flows.api import NotWaitingError, UpsellRequestError, resume_wait, waiting_for
 
     async def go() -> str:
         async with get_client() as client:

@@ -15,7 +15,7 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.deployments import arun_deployment
 
-from deployments.api import create_upsell_run, resume_wait
+from flows.api import create_upsell_run, resume_wait
 from flows.models import AutomationLevel, UpsellOutcome, UsageAlert, automation_level_for
 
 TIMEOUT = "let it time out"
@@ -32,7 +32,7 @@ class Scenario:
     reply_timeout_s: float | None = None
 
 
-def scenarios(run_tag: str) -> list[Scenario]:
+def scenarios() -> list[Scenario]:
     return [
         Scenario(
             "seed example (high -> HYBRID), customer says yes",
@@ -179,7 +179,7 @@ async def run_demo(api_url: str, *, timeout_s: float = 300, log: Any = print) ->
     tag = time.strftime("%Y%m%d%H%M%S")
     runs: list[DemoRun] = []
     async with get_client() as client:
-        for number, scenario in enumerate(scenarios(tag), start=1):
+        for number, scenario in enumerate(scenarios(), start=1):
             alert = UsageAlert(event_id=f"demo-{tag}-{number:03d}", **scenario.alert)
             level = automation_level_for(alert.severity)
             flow_run = await create_upsell_run(client, alert, level, reply_timeout_s=scenario.reply_timeout_s)

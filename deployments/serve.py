@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import TerminationSignal
@@ -28,8 +30,15 @@ else:
     IN_PROCESS_UNAVAILABLE = ""
 
 SWEEP_INTERVAL_S = 300
-RECOVERY_INTERVAL_S = 60
-BACKFILL_CRON = "15 2 * * *"  # daily, 02:15 UTC
+#: The deployments, described once: `upsell serve` reads the same file `prefect deploy --all` does.
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
+#: The flows the entrypoints of prefect.yaml name.
+FLOWS: dict[str, Any] = {
+    "flows/upsell.py:upsell": upsell,
+    "flows/reply_timeouts.py:reply_timeouts": reply_timeouts,
+    "flows/recovery.py:upsell_recovery": upsell_recovery,
+    "flows/backfill.py:upsell_backfill": upsell_backfill,
+}
 #: Flow runs in flight at once (threads, or processes with --processes); runs waiting for a reply hold none.
 DEFAULT_LIMIT = 400
 DEFAULT_PROCESS_LIMIT = 8  # each flow-run process is ~150 MiB and 1.5 s of CPU to start
@@ -37,9 +46,27 @@ DEFAULT_PROCESS_LIMIT = 8  # each flow-run process is ~150 MiB and 1.5 s of CPU 
 DEFAULT_EXECUTING = 8
 
 
+def declared_deployments() -> list[dict[str, Any]]:
+    """The `deployments:` entries of prefect.yaml."""
+    return list(yaml.safe_load(PREFECT_YAML.read_text())["deployments"])
+
+
+def _schedule(declared: dict[str, Any], sweep_interval_s: int | None) -> dict[str, Any]:
+    """`interval=` / `cron=` of `to_deployment` from the entry's first schedule; none when schedules are off."""
+    schedules = declared.get("schedules") or []
+    if not sweep_interval_s or not schedules:
+        return {}
+    first = schedules[0]
+    if declared["name"] == "reply-timeouts":
+        return {"interval": sweep_interval_s}  # `--sweep-interval` tunes the reply-timeout sweep
+    if "interval" in first:
+        return {"interval": first["interval"]}
+    return {"cron": first["cron"]}
+
+
 def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S, name_suffix: str = "") -> list[RunnerDeployment]:
-    """`upsell`, the `reply-timeouts` sweep (every 5 minutes), the `upsell-recovery` sweep (every minute) and
-    the daily `upsell-backfill`.
+    """The deployments of prefect.yaml (`upsell`, the `reply-timeouts` sweep, the `upsell-recovery` sweep, the
+    daily `upsell-backfill`), served by this process instead of a work pool.
 
     `sweep_interval_s=0` serves them without schedules (tests and the demo trigger them explicitly).
     `name_suffix` names each deployment `<name>-<suffix>`: a second set beside the main one, which a runner
@@ -47,32 +74,15 @@ def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S, name_suff
     """
     suffix = f"-{name_suffix}" if name_suffix else ""
     deployments = [
-        upsell.to_deployment(
-            name=f"upsell{suffix}",
-            description="Turns a usage alert into an upsell. Triggered by the receiver, once per event id.",
-            tags=["upsell"],
-            enforce_parameter_schema=True,
-        ),
-        reply_timeouts.to_deployment(
-            name=f"reply-timeouts{suffix}",
-            description="Resumes waits past their deadline with no_reply, so they end Completed.",
-            interval=sweep_interval_s if sweep_interval_s else None,
-            tags=["upsell"],
-        ),
-        upsell_recovery.to_deployment(
-            name=f"upsell-recovery{suffix}",
-            description="Runs dead upsells again (crashed, no heartbeat, stuck Pending), at most 3 times with"
-            " backoff, and repairs waits saved without their input schema.",
-            interval=RECOVERY_INTERVAL_S if sweep_interval_s else None,
-            tags=["upsell"],
-        ),
-        upsell_backfill.to_deployment(
-            name=f"upsell-backfill{suffix}",
-            description="Finds qualifying alerts in a time window that have no upsell yet and triggers them.",
-            cron=BACKFILL_CRON if sweep_interval_s else None,
-            tags=["upsell"],
-            enforce_parameter_schema=True,
-        ),
+        FLOWS[declared["entrypoint"]].to_deployment(
+            name=f"{declared['name']}{suffix}",
+            description=declared.get("description"),
+            tags=declared.get("tags"),
+            parameters=declared.get("parameters"),
+            enforce_parameter_schema=declared.get("enforce_parameter_schema", True),
+            **_schedule(declared, sweep_interval_s),
+        )
+        for declared in declared_deployments()
     ]
     return [d for d in deployments if isinstance(d, RunnerDeployment)]  # sync context: never a coroutine
 
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     deployments = build_deployments(args.sweep_interval, args.name_suffix)
-    flows: dict[str, Any] = {f.name: f for f in (upsell, reply_timeouts, upsell_recovery, upsell_backfill)}
+    flows: dict[str, Any] = {f.name: f for f in FLOWS.values()}
     for deployment in deployments:
         if InProcessRunner is not None and isinstance(runner, InProcessRunner):
             runner.add_served(deployment, flows[str(deployment.flow_name)])

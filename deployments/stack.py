@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from webhook.ports import free_port as free_port  # the tests and the bench take it from here
+
 DEFAULT_PREFECT_PORT = 4200
 
 
@@ -27,13 +29,6 @@ def api_is_up(api_url: str, timeout_s: float = 2.0) -> bool:
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         return sock.connect_ex((host, port)) != 0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = 20) -> None:

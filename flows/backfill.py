@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
 from tasks.backfill_alerts import Submission, scan_usage_alerts, submit_alert
+from tasks.runtime.policy import configured
 
 
 class BackfillSummary(BaseModel):
@@ -31,8 +32,9 @@ def upsell_backfill(window_hours: float = 24.0, end: datetime | None = None, dry
     """Scan the usage source over a window and submit each qualifying alert through the receiver."""
     until = end or datetime.now(UTC)
     since = until - timedelta(hours=window_hours)
-    alerts = scan_usage_alerts(since, until)
-    submissions = [submit_alert(alert, dry_run) for alert in alerts]
+    alerts = configured(scan_usage_alerts)(since, until)
+    submit = configured(submit_alert)
+    submissions = [submit(alert, dry_run) for alert in alerts]
     counts = {v: sum(1 for s in submissions if s.verdict == v) for v in
               ("triggered", "queued", "already_handled", "not_qualifying", "would_trigger")}
     summary = BackfillSummary(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
@@ -33,17 +34,34 @@ class Catalogue(BaseModel):
     currency: str
     plans: list[CatalogPlan]
 
+    @staticmethod
+    def _key(name: str) -> str:
+        """How plan names compare: NFKC, control and format characters (zero-width, bidi) dropped, whitespace
+        collapsed, case folded; so a model's "Ｐｒｏｆｅｓｓｉｏｎａｌ\u200b " still names Professional."""
+        text = unicodedata.normalize("NFKC", name)
+        kept = "".join(c for c in text if c.isspace() or unicodedata.category(c)[0] != "C")
+        return " ".join(kept.split()).casefold()
+
     def find(self, name: str) -> CatalogPlan | None:
-        wanted = name.strip().lower()
-        return next((p for p in self.plans if p.name.lower() == wanted), None)
+        """The plan called `name` (compared as `_key` does), or None."""
+        wanted = self._key(name)
+        return next((p for p in self.plans if self._key(p.name) == wanted), None)
 
     def next_tier(self, name: str) -> CatalogPlan:
         """The tier above `name` (the top tier stays the top tier; an unknown plan gets the cheapest)."""
-        names = [p.name.lower() for p in self.plans]
-        if name.strip().lower() not in names:
+        listed = self.find(name)
+        if listed is None:
             return self.plans[0]
-        index = names.index(name.strip().lower())
+        index = self.plans.index(listed)
         return self.plans[min(index + 1, len(self.plans) - 1)]
+
+    def value_cap(self, recommended_plan: str, current_spend: float, ratio: float) -> float:
+        """The most an upsell to `recommended_plan` may be worth: `ratio` x the spend, and never more than `ratio`
+        x the plan's list price (an account on a free plan is bounded by the list price alone)."""
+        listed = self.find(recommended_plan)
+        price = listed.annual_price if listed is not None else max(p.annual_price for p in self.plans)
+        base = min(current_spend, price) if current_spend > 0 else price
+        return ratio * base
 
     @property
     def names(self) -> list[str]:
@@ -384,3 +402,22 @@ EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
     "review": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},
     "approve-opportunity": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},
 }
+
+
+# ---- which alerts start an upsell (the receiver decides with it; the backfill's dry run predicts with it) ----
+
+
+def qualification(
+    alert: UsageAlert, metrics: list[str], severities: list[Severity], high_value_threshold: float
+) -> tuple[bool, str | None, str | None]:
+    """(qualifies, reason, detail): an eligible metric AND (a qualifying severity OR a high value)."""
+    if alert.metric_type not in metrics:
+        return False, "metric_not_eligible", f"metric_type {alert.metric_type!r} is not one of {', '.join(metrics)}"
+    if alert.severity in severities:
+        return True, None, None
+    value = 0.0 if alert.current_value is None else alert.current_value
+    if value > high_value_threshold:
+        return True, None, None
+    return False, "below_high_value_threshold", (
+        f"severity {alert.severity.value} and current_value {value:g} <= {high_value_threshold:g}"
+    )

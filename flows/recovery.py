@@ -7,6 +7,7 @@ from uuid import UUID
 from prefect import flow
 
 from tasks.recover_runs import recover_dead_runs
+from tasks.runtime.policy import configured
 
 #: A run is dead after this long without a heartbeat (3 x the 30 s heartbeat the serving processes use).
 STALE_AFTER_S = 90.0
@@ -23,4 +24,4 @@ def upsell_recovery(
 ) -> dict[str, str]:
     """Reschedule crashed, heartbeat-less or stuck-Pending upsells (bounded, with backoff); repair waits without
     their input schema; fail a run after its last attempt, with the reason."""
-    return recover_dead_runs(stale_after_s, max_attempts, backoff_s, flow_run_ids)
+    return configured(recover_dead_runs)(stale_after_s, max_attempts, backoff_s, flow_run_ids)

@@ -1,31 +1,35 @@
-"""The upsell flow: a usage alert becomes an emailed offer, a Slack summary, a meeting and an opportunity."""
+"""The upsell flow: a usage alert becomes an emailed offer, a Slack summary, a meeting and an opportunity.
+
+`run_upsell` is the design's eight steps in order; which human decisions each automation level waits for, and
+where, is the table in `flows.approvals`; what each wait asks for is in `flows.inputs`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
-from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect import Task, flow, get_run_logger
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from flows import approvals, inputs
+from flows.approvals import Checkpoint
+from flows.inputs import WaitRequest, wait_for_input
 from flows.models import (
     AutomationLevel,
     ContractData,
     CustomerReply,
-    CustomerReplyInput,
-    EmailApproval,
     EmailDraft,
     EmailResult,
-    MeetingApproval,
+    Meeting,
     Opportunity,
-    OpportunityReview,
     PlanResult,
     SlackResult,
     UpsellOutcome,
+    UpsellPlan,
     UpsellStage,
     UpsellStatus,
     UsageAlert,
@@ -34,7 +38,6 @@ from flows.models import (
     automation_level_for,
 )
 from tasks.ask_claude_for_plan import ask_claude_for_plan
-from tasks.content.email import text_to_html
 from tasks.content.untrusted import UnsafeData
 from tasks.create_zoom_meeting import create_zoom_meeting
 from tasks.fetch_contract import fetch_contract
@@ -42,12 +45,15 @@ from tasks.fetch_usage import fetch_usage
 from tasks.log_opportunity import log_opportunity
 from tasks.post_slack_summary import post_slack_summary
 from tasks.runtime.links import LinkToken, link_for
+from tasks.runtime.policy import configured
 from tasks.runtime.progress import announce_integrations, collect_timings, publish_journal, publish_stage
 from tasks.runtime.settings import UpsellSettings, get_settings
 from tasks.runtime.waits import WaitDeadline, open_wait, opened_waits
 from tasks.send_email_draft import draft_email, send_email_draft
 
 R = TypeVar("R", bound=RunInput)
+P = ParamSpec("P")
+T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -101,34 +107,302 @@ class Journal:
         self.replay_waits.discard(wait)
 
 
-def wait_for(
-    journal: Journal,
-    kind: WaitKind,
-    input_type: type[R],
-    timeout_s: float,
-    settings: UpsellSettings,
-    description: str,
-    **initial: Any,
-) -> R:
-    """Wait for a typed input. A deployment run suspends (no process held); a direct call pauses in place.
-
-    Prefect's own timeout is the deadline plus a grace period: the `reply-timeouts` sweep closes expired
-    waits first, so that an unanswered wait ends the run Completed rather than Failed.
-    """
-    if kind not in journal.replay_waits:  # a wait opened in an earlier segment keeps its first record
+@flow(name="upsell", flow_run_name=upsell_run_name, persist_result=True, validate_parameters=True)
+def upsell(
+    alert: UsageAlert,
+    automation_level: AutomationLevel | None = None,
+    reply_timeout_s: float | None = None,
+    approval_timeout_s: float | None = None,
+) -> UpsellOutcome:
+    """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity."""
+    journal = Journal(alert, opened_waits())
+    try:
+        return run_upsell(start_run(journal, automation_level, reply_timeout_s, approval_timeout_s))
+    except Exception:  # a failed step: the artifact still shows how far the run got (a wait is not an Exception)
         journal.publish()
-        open_wait(kind, timeout_s, journal.results)
-    form = input_type.with_initial_data(description=description, **initial)
-    safety_timeout = int(timeout_s + settings.wait_grace_s)
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None:
-        answer = suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=kind)
-    else:
-        answer = pause_flow_run(
-            wait_for_input=form, timeout=safety_timeout, poll_interval=settings.pause_poll_s, key=kind
+        raise
+
+
+def run_upsell(run: UpsellRun) -> UpsellOutcome:
+    """The body of the `upsell` flow: the steps of the design in order, and the decisions the level asks for."""
+    alert, journal = run.alert, run.journal
+    try:  # data that cannot be made safe stops the upsell here, before anything is written to anyone
+        usage = journal.step("usage", UsageData, lambda: run.task(fetch_usage)(alert))
+        contract = journal.step("contract", ContractData, lambda: run.task(fetch_contract)(alert.account_id))
+        journal.reach(UpsellStage.FETCHING_DATA, **data_details(usage, contract))
+        planned = journal.step("plan", PlanResult, lambda: run.task(ask_claude_for_plan)(usage, contract))
+    except UnsafeData as exc:
+        reason = f"stopped before any message: {exc}"
+        opportunity_id = run.task(log_opportunity)(stopped_opportunity(run, reason))
+        return stopped_for_review(run, reason, opportunity_id)
+    plan = planned.plan
+    journal.reach(UpsellStage.AI_ANALYSIS, **plan_details(planned))
+
+    draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan))
+    if approvals.asks(run.level, Checkpoint.BEFORE_EMAIL):
+        approval = run.wait(inputs.email_approval(draft, plan, run.approval_timeout_s))
+        if not approval.approved:
+            return run.finish(UpsellStatus.REJECTED, planned, note=approval.note)
+        draft = inputs.approved_draft(draft, approval)
+    email = journal.step("email", EmailResult, lambda: run.task(send_email_draft)(alert, draft))
+    if email.status == "suppressed":
+        suppressed = run.opportunity(UpsellStatus.SUPPRESSED, planned, email, CustomerReply.NO_REPLY)
+        opportunity_id = run.task(log_opportunity)(suppressed)
+        return run.finish(UpsellStatus.SUPPRESSED, planned, opportunity_id, email=email, reply=CustomerReply.NO_REPLY)
+    journal.reach(UpsellStage.EMAIL_SENT, status=email.status, message_id=email.message_id, to=draft.to)
+
+    links = decision_links(run, plan)
+    slack = journal.step("slack", SlackResult, lambda: post_summary(run, contract, planned, email, links))
+    journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error, withheld=slack.withheld or None)
+    if slack.outcome_unknown:
+        run.unknown.append("Slack summary")
+    if slack.withheld:  # the summary failed the safety check: the level may ask a human before the final steps
+        run.level = approvals.after_withheld_summary(run.level)
+    if email.status in ("unknown", "blocked"):  # nothing more goes to the customer before a human looks
+        note = hold_email(run, email)
+        held = run.opportunity(UpsellStatus.NEEDS_REVIEW, planned, email, CustomerReply.NO_REPLY, note=note)
+        opportunity_id = run.task(log_opportunity)(held)
+        return run.finish(UpsellStatus.NEEDS_REVIEW, planned, opportunity_id, email=email, slack=slack, note=note)
+
+    journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=run.reply_timeout_s)
+    reply = run.wait(inputs.customer_reply(draft, plan, run.reply_timeout_s)).reply
+    journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
+
+    value, note = plan.estimated_value, ""
+    if approvals.asks(run.level, Checkpoint.AFTER_REPLY):
+        review = run.wait(inputs.reply_review(plan, reply, bool(slack.withheld), run.approval_timeout_s))
+        if not review.approved:
+            return run.finish(UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, note=review.note)
+        value, note = review.estimated_value, review.note
+
+    meeting = None
+    if reply is CustomerReply.YES:
+        if approvals.asks(run.level, Checkpoint.BEFORE_MEETING):
+            booking = run.wait(inputs.meeting_approval(draft, run.approval_timeout_s))
+            if not booking.approved:
+                return run.finish(
+                    UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, note=booking.note
+                )
+        meeting = book_meeting(run, contract, plan)
+
+    if approvals.asks(run.level, Checkpoint.BEFORE_LOG):
+        review = run.wait(inputs.opportunity_approval(alert, plan, reply, run.approval_timeout_s))
+        if not review.approved:
+            return run.finish(
+                UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, meeting=meeting, note=review.note
+            )
+        value, note = review.estimated_value, review.note
+    status, note = run.final_status(note)
+    opportunity = run.opportunity(status, planned, email, reply, value=value, note=note, meeting=meeting)
+    opportunity_id = run.task(log_opportunity)(opportunity)
+    return run.finish(
+        status, planned, opportunity_id, email=email, slack=slack, reply=reply, meeting=meeting, note=note
+    )
+
+
+@dataclass
+class UpsellRun:
+    """What the steps of one run share: its journal and settings, the level it runs at, and what a human must check."""
+
+    journal: Journal
+    settings: UpsellSettings
+    level: AutomationLevel
+    reply_timeout_s: float
+    approval_timeout_s: float
+    standins: list[str]
+    #: Outward steps an earlier attempt died in: never repeated, flagged for a human.
+    unknown: list[str] = field(default_factory=list)
+
+    @property
+    def alert(self) -> UsageAlert:
+        return self.journal.alert
+
+    def task(self, step: Task[P, T]) -> Task[P, T]:
+        """`step` with this run's settings: its kind's timeout and the retry delays (`UPSELL_*_TIMEOUT_S`)."""
+        return configured(step, self.settings)
+
+    def wait(self, request: WaitRequest[R]) -> R:
+        """Record the wait (its deadline and the step results so far), then wait for its typed input."""
+        journal = self.journal
+        if request.kind not in journal.replay_waits:  # a wait opened in an earlier segment keeps its first record
+            journal.publish()
+            open_wait(request.kind, request.timeout_s, journal.results)
+        answer = wait_for_input(request, self.settings.wait_grace_s, self.settings.pause_poll_s)
+        journal.passed(request.kind)
+        return answer
+
+    def opportunity(
+        self,
+        status: UpsellStatus,
+        planned: PlanResult,
+        email: EmailResult,
+        reply: CustomerReply,
+        *,
+        value: float | None = None,
+        note: str = "",
+        meeting: Meeting | None = None,
+    ) -> Opportunity:
+        """The record logged for the upsell (`value`: the estimated value, when a reviewer set it)."""
+        alert = self.alert
+        return Opportunity(
+            opportunity_id=alert.opportunity_id,
+            event_id=alert.event_id,
+            account_id=alert.account_id,
+            metric_type=alert.metric_type,
+            automation_level=self.level,
+            status=status,
+            recommended_plan=planned.plan.recommended_plan,
+            estimated_value=planned.plan.estimated_value if value is None else value,
+            planner=planned.planner,
+            reply=reply,
+            email_message_id=email.message_id,
+            meeting_join_url=meeting.join_url if meeting else None,
+            reviewer_note=note,
+            flow_run_id=str(flow_run.get_id()),
+            occurred_at=alert.occurred_at,
         )
-    journal.passed(kind)
-    return answer
+
+    def final_status(self, note: str) -> tuple[UpsellStatus, str]:
+        """How a run that reached the end ends: completed, or for a human to check whether a step an earlier
+        attempt died in reached the customer (and the note says which)."""
+        if not self.unknown:
+            return UpsellStatus.COMPLETED, note
+        unknown = f"outcome unknown (an attempt died during it): {', '.join(self.unknown)}"
+        return UpsellStatus.NEEDS_REVIEW, "; ".join(filter(None, [note, unknown]))
+
+    def finish(
+        self,
+        status: UpsellStatus,
+        planned: PlanResult,
+        opportunity_id: str | None = None,
+        *,
+        email: EmailResult | None = None,
+        slack: SlackResult | None = None,
+        reply: CustomerReply | None = None,
+        meeting: Meeting | None = None,
+        note: str = "",
+    ) -> UpsellOutcome:
+        """Reach `Completed` and return what the run reached (`opportunity_id`: the opportunity it logged, if any)."""
+        self.journal.reach(UpsellStage.COMPLETED, status=status.value, opportunity_id=opportunity_id)
+        self.journal.publish()
+        return UpsellOutcome(
+            status=status,
+            event_id=self.alert.event_id,
+            account_id=self.alert.account_id,
+            automation_level=self.level,
+            email_sent=bool(email and email.delivered),
+            email_status=email.status if email else "not_sent",
+            reply=reply,
+            meeting=meeting,
+            opportunity_id=opportunity_id,
+            planner=planned.planner,
+            planner_reason=planned.reason,
+            slack_posted=bool(slack and slack.posted),
+            reviewer_note=note,
+            unknown_outcomes=list(self.unknown),
+            standins=self.standins,
+            timings=collect_timings(),
+        )
+
+
+def start_run(
+    journal: Journal,
+    automation_level: AutomationLevel | None,
+    reply_timeout_s: float | None,
+    approval_timeout_s: float | None,
+) -> UpsellRun:
+    """The run's level and timeouts (the parameters, else the settings); reaches `Started`."""
+    settings = get_settings()
+    run = UpsellRun(
+        journal,
+        settings,
+        level=automation_level or automation_level_for(journal.alert.severity, settings.severity_levels),
+        reply_timeout_s=reply_timeout_s or settings.reply_timeout_s,
+        approval_timeout_s=approval_timeout_s or settings.approval_timeout_s,
+        standins=announce_integrations(log=not journal.replaying),
+    )
+    journal.reach(UpsellStage.STARTED, automation_level=run.level.value, standins=", ".join(run.standins) or "none")
+    return run
+
+
+def stopped_opportunity(run: UpsellRun, reason: str) -> Opportunity:
+    """The record logged for an upsell stopped before any message: nothing planned or sent, a reason for a human."""
+    alert = run.alert
+    get_run_logger().warning("Upsell for event %s needs review: %s", alert.event_id, reason)
+    return Opportunity(
+        opportunity_id=alert.opportunity_id,
+        event_id=alert.event_id,
+        account_id=alert.account_id,
+        metric_type=alert.metric_type,
+        automation_level=run.level,
+        status=UpsellStatus.NEEDS_REVIEW,
+        recommended_plan="",
+        estimated_value=0.0,
+        planner="none",
+        reply=CustomerReply.NO_REPLY,
+        reviewer_note=reason,
+        flow_run_id=str(flow_run.get_id()),
+        occurred_at=alert.occurred_at,
+    )
+
+
+def stopped_for_review(run: UpsellRun, reason: str, opportunity_id: str) -> UpsellOutcome:
+    """Reach `Completed` for an upsell stopped before any message, and return its outcome `needs_review`."""
+    run.journal.reach(UpsellStage.COMPLETED, status=UpsellStatus.NEEDS_REVIEW.value, reason=reason)
+    run.journal.publish()
+    return UpsellOutcome(
+        status=UpsellStatus.NEEDS_REVIEW,
+        event_id=run.alert.event_id,
+        account_id=run.alert.account_id,
+        automation_level=run.level,
+        email_sent=False,
+        email_status="not_sent",
+        opportunity_id=opportunity_id,
+        reviewer_note=reason,
+        standins=run.standins,
+        timings=collect_timings(),
+    )
+
+
+def data_details(usage: UsageData, contract: ContractData) -> dict[str, Any]:
+    """What the `Fetching Data` stage shows."""
+    return {
+        "current_plan": contract.current_plan,
+        "usage": usage.current_usage,
+        "over_threshold": f"{usage.threshold_exceeded:.0%}",
+        "trend": usage.usage_trend,
+    }
+
+
+def plan_details(planned: PlanResult) -> dict[str, Any]:
+    """What the `AI Analysis` stage shows."""
+    plan = planned.plan
+    return {
+        "recommended_plan": plan.recommended_plan,
+        "estimated_value": plan.estimated_value,
+        "planner": planned.planner,
+    }
+
+
+def decision_links(run: UpsellRun, plan: UpsellPlan) -> dict[str, str]:
+    """Signed approve/reject links for the Slack summary, answering the wait the level's row names (if any)."""
+    checkpoint = approvals.slack_decides(run.level)
+    if checkpoint is None:
+        return {}
+    return {
+        "approve": _decision_link(
+            run.settings,
+            checkpoint.wait,
+            {"approved": True, "estimated_value": plan.estimated_value, "note": "approved from Slack"},
+            run.alert.event_id,
+        ),
+        "reject": _decision_link(
+            run.settings,
+            checkpoint.wait,
+            {"approved": False, "estimated_value": plan.estimated_value, "note": "rejected from Slack"},
+            run.alert.event_id,
+        ),
+    }
 
 
 def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], event_id: str) -> str:
@@ -144,329 +418,33 @@ def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], e
     return link_for(settings.public_base_url, settings.link_secret.get_secret_value(), token)
 
 
-@flow(name="upsell", flow_run_name=upsell_run_name, persist_result=True, validate_parameters=True)
-def upsell(
-    alert: UsageAlert,
-    automation_level: AutomationLevel | None = None,
-    reply_timeout_s: float | None = None,
-    approval_timeout_s: float | None = None,
-) -> UpsellOutcome:
-    """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity."""
-    journal = Journal(alert, opened_waits())
-    try:
-        return run_upsell(journal, automation_level, reply_timeout_s, approval_timeout_s)
-    except Exception:  # a failed step: the artifact still shows how far the run got (a wait is not an Exception)
-        journal.publish()
-        raise
+def post_summary(
+    run: UpsellRun, contract: ContractData, planned: PlanResult, email: EmailResult, links: dict[str, str]
+) -> SlackResult:
+    """Post the Slack summary (the `post_slack_summary` task)."""
+    state = run.task(post_slack_summary)(run.alert, run.level, contract, planned, email, links, return_state=True)
+    if state.is_completed():
+        return state.result()
+    # Slack is non-critical: the failure is recorded on the run and the upsell goes on
+    return SlackResult(posted=False, error=str(state.message or state.name))
 
 
-def stop_for_review(journal: Journal, level: AutomationLevel, standins: list[str], reason: str) -> UpsellOutcome:
-    """End the upsell `needs_review` before any message: the opportunity is logged with the reason for a human."""
-    alert = journal.alert
-    get_run_logger().warning("Upsell for event %s needs review: %s", alert.event_id, reason)
-    opportunity_id = log_opportunity(
-        Opportunity(
-            opportunity_id=alert.opportunity_id,
-            event_id=alert.event_id,
-            account_id=alert.account_id,
-            metric_type=alert.metric_type,
-            automation_level=level,
-            status=UpsellStatus.NEEDS_REVIEW,
-            recommended_plan="",
-            estimated_value=0.0,
-            planner="none",
-            reply=CustomerReply.NO_REPLY,
-            reviewer_note=reason,
-            flow_run_id=str(flow_run.get_id()),
-            occurred_at=alert.occurred_at,
+def hold_email(run: UpsellRun, email: EmailResult) -> str:
+    """Why an email whose outcome is unknown, or that the safety check withheld, needs a human (an unknown one is
+    flagged)."""
+    if email.status == "unknown":
+        run.unknown.insert(0, "email")
+        return f"email outcome unknown: {email.detail}"
+    return f"email withheld by the safety check: {email.detail}"
+
+
+def book_meeting(run: UpsellRun, contract: ContractData, plan: UpsellPlan) -> Meeting | None:
+    """Book the follow-up meeting (the `create_zoom_meeting` task); None when an earlier attempt died booking it."""
+    meeting = run.task(create_zoom_meeting)(run.alert, contract, plan)
+    if meeting is None:  # whether that attempt reached Zoom is unknown: flagged for a human, never booked twice
+        run.unknown.append("Zoom meeting")
+    else:
+        run.journal.reach(
+            UpsellStage.MEETING_SCHEDULED, join_url=meeting.join_url, start_time=meeting.start_time.isoformat()
         )
-    )
-    journal.reach(UpsellStage.COMPLETED, status=UpsellStatus.NEEDS_REVIEW.value, reason=reason)
-    journal.publish()
-    return UpsellOutcome(
-        status=UpsellStatus.NEEDS_REVIEW,
-        event_id=alert.event_id,
-        account_id=alert.account_id,
-        automation_level=level,
-        email_sent=False,
-        email_status="not_sent",
-        opportunity_id=opportunity_id,
-        reviewer_note=reason,
-        standins=standins,
-        timings=collect_timings(),
-    )
-
-
-def run_upsell(
-    journal: Journal,
-    automation_level: AutomationLevel | None,
-    reply_timeout_s: float | None,
-    approval_timeout_s: float | None,
-) -> UpsellOutcome:
-    """The body of the `upsell` flow (its steps are tasks; its waits suspend the run)."""
-    alert = journal.alert
-    settings = get_settings()
-    level = automation_level or automation_level_for(alert.severity, settings.severity_levels)
-    reply_timeout = reply_timeout_s or settings.reply_timeout_s
-    approval_timeout = approval_timeout_s or settings.approval_timeout_s
-
-    standins = announce_integrations(log=not journal.replaying)
-    journal.reach(UpsellStage.STARTED, automation_level=level.value, standins=", ".join(standins) or "none")
-
-    try:  # data that cannot be made safe stops the upsell here, before anything is written to anyone
-        usage = journal.step("usage", UsageData, lambda: fetch_usage(alert))
-        contract = journal.step("contract", ContractData, lambda: fetch_contract(alert.account_id))
-        journal.reach(
-            UpsellStage.FETCHING_DATA,
-            current_plan=contract.current_plan,
-            usage=usage.current_usage,
-            over_threshold=f"{usage.threshold_exceeded:.0%}",
-            trend=usage.usage_trend,
-        )
-        planned = journal.step("plan", PlanResult, lambda: ask_claude_for_plan(usage, contract))
-    except UnsafeData as exc:
-        return stop_for_review(journal, level, standins, f"stopped before any message: {exc}")
-    plan = planned.plan
-    journal.reach(
-        UpsellStage.AI_ANALYSIS,
-        recommended_plan=plan.recommended_plan,
-        estimated_value=plan.estimated_value,
-        planner=planned.planner,
-    )
-
-    def finish(
-        status: UpsellStatus,
-        *,
-        email: EmailResult | None = None,
-        reply: CustomerReply | None = None,
-        log: Opportunity | None = None,
-        **extra: Any,
-    ) -> UpsellOutcome:
-        opportunity_id = log_opportunity(log) if log is not None else None
-        journal.reach(UpsellStage.COMPLETED, status=status.value, opportunity_id=opportunity_id)
-        journal.publish()
-        return UpsellOutcome(
-            status=status,
-            event_id=alert.event_id,
-            account_id=alert.account_id,
-            automation_level=level,
-            email_sent=bool(email and email.delivered),
-            email_status=email.status if email else "not_sent",
-            reply=reply,
-            opportunity_id=opportunity_id,
-            standins=standins,
-            timings=collect_timings(),
-            planner=planned.planner,
-            planner_reason=planned.reason,
-            unknown_outcomes=list(unknown),
-            **extra,
-        )
-
-    def opportunity(status: UpsellStatus, reply: CustomerReply, email: EmailResult, **fields: Any) -> Opportunity:
-        return Opportunity(
-            opportunity_id=alert.opportunity_id,
-            event_id=alert.event_id,
-            account_id=alert.account_id,
-            metric_type=alert.metric_type,
-            automation_level=level,
-            status=status,
-            recommended_plan=plan.recommended_plan,
-            estimated_value=fields.pop("estimated_value", plan.estimated_value),
-            planner=planned.planner,
-            reply=reply,
-            email_message_id=email.message_id,
-            flow_run_id=str(flow_run.get_id()),
-            occurred_at=alert.occurred_at,
-            **fields,
-        )
-
-    unknown: list[str] = []  # outward steps an earlier attempt died in: never repeated, flagged for a human
-    draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan))
-    if level is AutomationLevel.HUMAN_INTERVENTION:
-        approval = wait_for(
-            journal,
-            "approve-email",
-            EmailApproval,
-            approval_timeout,
-            settings,
-            f"Approve the upsell email to {draft.to} recommending **{plan.recommended_plan}**"
-            f" (est. ${plan.estimated_value:,.0f}/yr). Edit the subject or body before approving.",
-            approved=True,
-            subject=draft.subject,
-            body_text=draft.body_text,
-        )
-        if not approval.approved:
-            return finish(UpsellStatus.REJECTED, reviewer_note=approval.note)
-        if (approval.subject, approval.body_text) != (draft.subject, draft.body_text):
-            draft = draft.model_copy(
-                update={
-                    "subject": approval.subject or draft.subject,
-                    "body_text": approval.body_text or draft.body_text,
-                    "body_html": text_to_html(approval.body_text) if approval.body_text else draft.body_html,
-                }
-            )
-
-    email = journal.step("email", EmailResult, lambda: send_email_draft(alert, draft))
-    if email.status == "suppressed":
-        return finish(
-            UpsellStatus.SUPPRESSED,
-            email=email,
-            reply=CustomerReply.NO_REPLY,
-            log=opportunity(UpsellStatus.SUPPRESSED, CustomerReply.NO_REPLY, email),
-        )
-    journal.reach(UpsellStage.EMAIL_SENT, status=email.status, message_id=email.message_id, to=draft.to)
-
-    decision_links: dict[str, str] = {}
-    if level is not AutomationLevel.FULL_AUTOMATION:
-        wait = "review" if level is AutomationLevel.HYBRID else "approve-opportunity"
-        decision_links = {
-            "approve": _decision_link(
-                settings,
-                wait,
-                {"approved": True, "estimated_value": plan.estimated_value, "note": "approved from Slack"},
-                alert.event_id,
-            ),
-            "reject": _decision_link(
-                settings,
-                wait,
-                {"approved": False, "estimated_value": plan.estimated_value, "note": "rejected from Slack"},
-                alert.event_id,
-            ),
-        }
-
-    def post_summary() -> SlackResult:
-        state = post_slack_summary(alert, level, contract, planned, email, decision_links, return_state=True)
-        if state.is_completed():
-            return state.result()
-        # Slack is non-critical: the failure is recorded on the run and the upsell goes on
-        return SlackResult(posted=False, error=str(state.message or state.name))
-
-    slack = journal.step("slack", SlackResult, post_summary)
-    journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error, withheld=slack.withheld or None)
-    if slack.outcome_unknown:
-        unknown.append("Slack summary")
-    if slack.withheld and level is AutomationLevel.FULL_AUTOMATION:
-        level = AutomationLevel.HYBRID  # the summary failed the safety check: a human reviews before the final steps
-
-    if email.status in ("unknown", "blocked"):
-        if email.status == "unknown":
-            unknown.insert(0, "email")
-        why = "email outcome unknown" if email.status == "unknown" else "email withheld by the safety check"
-        return finish(
-            UpsellStatus.NEEDS_REVIEW,
-            email=email,
-            slack_posted=slack.posted,
-            reviewer_note=f"{why}: {email.detail}",
-            log=opportunity(
-                UpsellStatus.NEEDS_REVIEW,
-                CustomerReply.NO_REPLY,
-                email,
-                reviewer_note=f"{why}: {email.detail}",
-            ),
-        )
-
-    journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=reply_timeout)
-    reply = wait_for(
-        journal,
-        "reply",
-        CustomerReplyInput,
-        reply_timeout,
-        settings,
-        f"The customer's answer to the upsell email ({plan.recommended_plan}) sent to {draft.to}.",
-    ).reply
-    journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
-
-    estimated_value, note = plan.estimated_value, ""
-    if level is AutomationLevel.HYBRID:
-        review = wait_for(
-            journal,
-            "review",
-            OpportunityReview,
-            approval_timeout,
-            settings,
-            ("The Slack summary was withheld by the safety check. " if slack.withheld else "")
-            + f"Customer replied **{reply.value}**. Approve the upsell to {plan.recommended_plan}"
-            f" ({'a meeting will be booked and ' if reply is CustomerReply.YES else ''}the opportunity logged).",
-            approved=True,
-            estimated_value=plan.estimated_value,
-        )
-        if not review.approved:
-            return finish(
-                UpsellStatus.REJECTED,
-                email=email,
-                reply=reply,
-                slack_posted=slack.posted,
-                reviewer_note=review.note,
-            )
-        estimated_value, note = review.estimated_value, review.note
-
-    meeting = None
-    if reply is CustomerReply.YES:
-        if level is AutomationLevel.HUMAN_INTERVENTION:
-            decision = wait_for(
-                journal,
-                "approve-meeting",
-                MeetingApproval,
-                approval_timeout,
-                settings,
-                f"The customer said yes. Book a meeting with {draft.to}?",
-                approved=True,
-            )
-            if not decision.approved:
-                return finish(
-                    UpsellStatus.REJECTED,
-                    email=email,
-                    reply=reply,
-                    slack_posted=slack.posted,
-                    reviewer_note=decision.note,
-                )
-        meeting = create_zoom_meeting(alert, contract, plan)
-        if meeting is None:  # an earlier attempt died while booking it
-            unknown.append("Zoom meeting")
-        else:
-            journal.reach(
-                UpsellStage.MEETING_SCHEDULED, join_url=meeting.join_url, start_time=meeting.start_time.isoformat()
-            )
-
-    if level is AutomationLevel.HUMAN_INTERVENTION:
-        review = wait_for(
-            journal,
-            "approve-opportunity",
-            OpportunityReview,
-            approval_timeout,
-            settings,
-            f"Log the opportunity for {alert.account_id} ({plan.recommended_plan}, reply {reply.value})?",
-            approved=True,
-            estimated_value=plan.estimated_value,
-        )
-        if not review.approved:
-            return finish(
-                UpsellStatus.REJECTED,
-                email=email,
-                reply=reply,
-                meeting=meeting,
-                slack_posted=slack.posted,
-                reviewer_note=review.note,
-            )
-        estimated_value, note = review.estimated_value, review.note
-
-    status = UpsellStatus.COMPLETED
-    if unknown:  # done, but a human checks whether the step an earlier attempt died in reached the customer
-        status = UpsellStatus.NEEDS_REVIEW
-        note = "; ".join(filter(None, [note, f"outcome unknown (an attempt died during it): {', '.join(unknown)}"]))
-    return finish(
-        status,
-        email=email,
-        reply=reply,
-        meeting=meeting,
-        slack_posted=slack.posted,
-        reviewer_note=note,
-        log=opportunity(
-            status,
-            reply,
-            email,
-            estimated_value=estimated_value,
-            meeting_join_url=meeting.join_url if meeting else None,
-            reviewer_note=note,
-        ),
-    )
+    return meeting

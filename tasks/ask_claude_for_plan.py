@@ -6,13 +6,14 @@ from prefect import task
 
 from blocks.registry import resolve
 from flows.models import ContractData, PlanResult, UsageData, load_catalogue
-from tasks.content.admission import accept_plan
-from tasks.runtime.policy import SEND_TIMEOUT_S, step_options
+from tasks.content.admission import accept_plan, plan_problem
+from tasks.runtime.policy import SEND_STEP, step_options
+from tasks.runtime.settings import get_settings
 
 
-@task(name="ask_claude_for_plan", **step_options(SEND_TIMEOUT_S))
+@task(name="ask_claude_for_plan", **step_options(SEND_STEP))
 def ask_claude_for_plan(usage: UsageData, contract: ContractData) -> PlanResult:
     """Produce a validated upsell plan, recording which planner made it and why (its text cleaned, value capped)."""
-    planner = resolve("planner").client
-    result = planner.plan(usage, contract)
+    planner = resolve("planner", get_settings()).client
+    result = planner.plan(usage, contract, review=plan_problem)  # a model's plan must pass the content policy
     return accept_plan(result, contract, load_catalogue(), max_value_ratio=planner.max_value_ratio)

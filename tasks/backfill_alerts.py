@@ -14,12 +14,10 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
 from blocks.registry import resolve
-from flows.models import UsageAlert
-from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
-from webhook.dispatcher import qualification
-from webhook.models import AlertPayload
-from webhook.settings import ReceiverSettings
-from webhook.signing import SIGNATURE_HEADER, sign
+from flows.models import UsageAlert, qualification
+from tasks.runtime.policy import FETCH_STEP, step_options
+from tasks.runtime.settings import AlertIntakeSettings, get_settings
+from tasks.runtime.signing import SIGNATURE_HEADER, sign
 
 Verdict = Literal["triggered", "queued", "already_handled", "not_qualifying", "would_trigger"]
 
@@ -42,10 +40,10 @@ def run_logger() -> Any:
         return get_logger("upsell.backfill")
 
 
-@task(name="scan_usage_alerts", **step_options(FETCH_TIMEOUT_S))
+@task(name="scan_usage_alerts", **step_options(FETCH_STEP))
 def scan_usage_alerts(since: datetime, until: datetime) -> list[UsageAlert]:
     """Alerts of the window from the usage source (fixture accounts by default)."""
-    source = resolve("usage").client
+    source = resolve("usage", get_settings()).client
     scan = getattr(source, "scan", None)
     if scan is None:
         raise TypeError(f"{type(source).__name__} cannot list alerts for a window")
@@ -54,19 +52,20 @@ def scan_usage_alerts(since: datetime, until: datetime) -> list[UsageAlert]:
     return alerts
 
 
-def _payload(alert: UsageAlert) -> AlertPayload:
-    return AlertPayload(
-        event_id=alert.event_id, account_id=alert.account_id, metric_type=alert.metric_type,
-        current_value=float(alert.current_value or 0.0), threshold=float(alert.threshold or 0.0),
-        severity=alert.severity.value, occurred_at=alert.occurred_at, context=alert.context,
-    )
+def alert_body(alert: UsageAlert) -> bytes:
+    """The alert as the receiver takes it (`POST /alerts`): figures as numbers, 0 when not reported."""
+    fields = alert.model_dump(mode="json")
+    return json.dumps({
+        "event_id": alert.event_id, "account_id": alert.account_id, "metric_type": alert.metric_type,
+        "current_value": float(alert.current_value or 0.0), "threshold": float(alert.threshold or 0.0),
+        "severity": alert.severity.value, "occurred_at": fields["occurred_at"], "context": fields["context"],
+    }).encode()
 
 
-@task(name="submit_alert", **step_options(FETCH_TIMEOUT_S))
+@task(name="submit_alert", **step_options(FETCH_STEP))
 def submit_alert(alert: UsageAlert, dry_run: bool = False) -> Submission:
     """Post the alert, signed, to the receiver (or, in a dry run, say what it would become)."""
-    settings = ReceiverSettings()
-    payload = _payload(alert)
+    settings = AlertIntakeSettings()
     base = {"event_id": alert.event_id, "account_id": alert.account_id}
     secret = settings.secret_values()[0] if settings.signing_required else None
     with httpx.Client(base_url=settings.public_base_url, timeout=30) as client:
@@ -79,12 +78,14 @@ def submit_alert(alert: UsageAlert, dry_run: bool = False) -> Submission:
                               detail=str(body.get("status")))
         if known.status_code != 404:
             known.raise_for_status()
-        qualifies, reason, detail = qualification(payload, settings)
+        qualifies, reason, detail = qualification(
+            alert, settings.qualifying_metrics, settings.qualifying_severities, settings.high_value_threshold
+        )
         if not qualifies:
             return Submission(**base, verdict="not_qualifying", detail=f"{reason}: {detail}")
         if dry_run:
             return Submission(**base, verdict="would_trigger")
-        raw = json.dumps(payload.model_dump(mode="json")).encode()
+        raw = alert_body(alert)
         headers = {"Content-Type": "application/json"}
         if secret:
             headers[SIGNATURE_HEADER] = sign(raw, secret)

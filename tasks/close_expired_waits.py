@@ -13,7 +13,7 @@ from prefect.client.schemas.responses import SetStateStatus
 
 from flows.models import EXPIRED_WAIT_INPUT
 from tasks.runtime.flow_runs import read_run_input, upsell_runs
-from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.policy import FETCH_STEP, step_options
 from tasks.runtime.waits import WaitDeadline, deadline_key
 
 
@@ -34,7 +34,7 @@ def expired_waits(now: datetime, limit: int = 500) -> list[tuple[Any, str, WaitD
     return found
 
 
-@task(name="close_expired_waits", **step_options(FETCH_TIMEOUT_S))
+@task(name="close_expired_waits", **step_options(FETCH_STEP))
 def close_expired_waits(now: datetime | None = None, limit: int = 500) -> list[str]:
     """Resume every expired wait with its timeout answer (`no_reply`, or a timed-out approval)."""
     logger = get_run_logger()

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from blocks.registry import resolve
 from flows.models import ContractData, Meeting, UpsellPlan, UsageAlert
 from tasks.runtime.once import run_once
-from tasks.runtime.policy import SEND_TIMEOUT_S, step_options
+from tasks.runtime.policy import SEND_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 MEETING_STEP = "create_zoom_meeting"
@@ -26,16 +26,16 @@ def next_business_slot(after: datetime, lead_time_h: float) -> datetime:
     return slot
 
 
-@task(name="create_zoom_meeting", **step_options(SEND_TIMEOUT_S))
+@task(name="create_zoom_meeting", **step_options(SEND_STEP))
 def create_zoom_meeting(alert: UsageAlert, contract: ContractData, plan: UpsellPlan) -> Meeting | None:
     """Create the follow-up meeting once per event; None when an earlier attempt's outcome is unknown."""
     logger = get_run_logger()
     settings = get_settings()
-    scheduler = resolve("zoom").client
+    scheduler = resolve("zoom", settings).client
     topic = f"{contract.company_name or alert.account_id}: {plan.recommended_plan} walkthrough"
     start = next_business_slot(datetime.now(UTC), settings.meeting_lead_time_h)
     agenda = f"Discuss moving from {contract.current_plan} to {plan.recommended_plan}."
-    store = resolve("store").client
+    store = resolve("store", settings).client
     try:
         done = run_once(
             store,

@@ -6,13 +6,14 @@ from prefect import get_run_logger, task
 
 from blocks.registry import resolve
 from flows.models import Opportunity
-from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.policy import FETCH_STEP, step_options
+from tasks.runtime.settings import get_settings
 
 
-@task(name="log_opportunity", **step_options(FETCH_TIMEOUT_S))
+@task(name="log_opportunity", **step_options(FETCH_STEP))
 def log_opportunity(opportunity: Opportunity) -> str:
     """Upsert the opportunity; logging the same event twice leaves one record."""
-    store = resolve("store").client
+    store = resolve("store", get_settings()).client
     try:
         store.upsert_opportunity(opportunity)
     finally:

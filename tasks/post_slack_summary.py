@@ -12,7 +12,7 @@ from flows.models import AutomationLevel, ContractData, EmailResult, PlanResult,
 from tasks.content.outgoing import allowed_links, mrkdwn, slack_problems
 from tasks.content.untrusted import clean_name, clean_text
 from tasks.runtime.once import run_once
-from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.policy import FETCH_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 SLACK_STEP = "post_slack_summary"
@@ -107,7 +107,7 @@ def build_withheld_notice(alert: UsageAlert, run_link: str, problems: list[str])
     return SlackPost(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}])
 
 
-@task(name="post_slack_summary", **step_options(FETCH_TIMEOUT_S))
+@task(name="post_slack_summary", **step_options(FETCH_STEP))
 def post_slack_summary(
     alert: UsageAlert,
     level: AutomationLevel,
@@ -119,7 +119,8 @@ def post_slack_summary(
     """Tell the sales team about the upsell, once per event."""
     logger = get_run_logger()
     link = run_url(str(flow_run.get_id()))
-    allowed = allowed_links(get_settings().public_base_url, ui_base_url())
+    settings = get_settings()
+    allowed = allowed_links(settings.public_base_url, ui_base_url())
     message = build_summary(alert, level, contract, plan, email, link, decision_links)
     withheld = slack_problems(message.text, message.blocks, allowed)
     if withheld:  # the summary is not sent; a notice built from trusted parts tells the team why
@@ -127,8 +128,8 @@ def post_slack_summary(
         message = build_withheld_notice(alert, link, withheld)
         if slack_problems(message.text, message.blocks, allowed):
             return SlackResult(posted=False, error="summary and notice withheld", withheld="; ".join(withheld))
-    notifier = resolve("slack").client
-    store = resolve("store").client
+    notifier = resolve("slack", settings).client
+    store = resolve("store", settings).client
     try:
         done = run_once(
             store, alert.event_id, SLACK_STEP, lambda: dict(zip(("channel", "ts"), notifier.post(message), strict=True))

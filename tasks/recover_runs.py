@@ -33,7 +33,7 @@ from prefect.states import Failed, Scheduled
 
 from flows.models import WAIT_INPUTS
 from tasks.runtime.flow_runs import read_run_input, upsell_runs
-from tasks.runtime.policy import FETCH_TIMEOUT_S, step_options
+from tasks.runtime.policy import FETCH_STEP, step_options
 
 EVENTS_PAGE = 50  # the events API answers at most 50 per page
 RECOVERY_KEY = "upsell-recovery"
@@ -50,19 +50,26 @@ class DeadRun:
     detail: str
 
 
+def heartbeat_filter(runs: list[FlowRun], since: datetime) -> EventFilter:
+    """The events query for the heartbeats `runs` emitted since `since`."""
+    return EventFilter(
+        occurred=EventOccurredFilter(since=since),
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{r.id}" for r in runs]),
+    )
+
+
+def awaits_heartbeat(run: FlowRun, stale: datetime) -> bool:
+    """Whether the run has been Running since before `stale`: it is dead unless it emitted a heartbeat since."""
+    return run.state is not None and run.state.type is StateType.RUNNING and run.state.timestamp < stale
+
+
 def heartbeats_since(client: SyncPrefectClient, runs: list[FlowRun], since: datetime) -> set[str]:
     """Ids of the runs among `runs` that emitted a heartbeat since `since`."""
     alive: set[str] = set()
     for start in range(0, len(runs), EVENTS_PAGE):
         chunk = runs[start : start + EVENTS_PAGE]
-        page = client.read_events(
-            filter=EventFilter(
-                occurred=EventOccurredFilter(since=since),
-                event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-                resource=EventResourceFilter(id=[f"prefect.flow-run.{r.id}" for r in chunk]),
-            ),
-            limit=EVENTS_PAGE,
-        )
+        page = client.read_events(filter=heartbeat_filter(chunk, since), limit=EVENTS_PAGE)
         while True:
             alive |= {e.resource.id.removeprefix("prefect.flow-run.") for e in page.events}
             if not page.next_page:
@@ -85,26 +92,34 @@ def find_dead_runs(
     return dead_among(client, upsell_runs(client, WATCHED, ids), now, stale_after_s)
 
 
+def stalled(run: FlowRun, stale_after_s: float, stale: datetime, *, silent: bool) -> DeadRun | None:
+    """Why the run will not go on by itself, from its state alone (Crashed, Pending since before `stale`) and
+    `silent` (it `awaits_heartbeat` and none came); None when nothing says so."""
+    state = run.state
+    if state is None:
+        return None
+    if state.type is StateType.CRASHED:
+        return DeadRun(run, "crashed", state.message or "crashed")
+    if silent:
+        return DeadRun(run, "no heartbeat", f"Running with no heartbeat for {stale_after_s:g} s")
+    if state.type is StateType.PENDING and state.timestamp < stale:
+        return DeadRun(run, "stuck pending", f"Pending for over {stale_after_s:g} s (its runner stopped)")
+    return None
+
+
 def dead_among(client: SyncPrefectClient, runs: list[FlowRun], now: datetime, stale_after_s: float) -> list[DeadRun]:
     """Which of `runs` (already read) are dead or stuck, and why."""
     stale = now - timedelta(seconds=stale_after_s)
-    running = [
-        r
-        for r in runs
-        if r.deployment_id and r.state and r.state.type is StateType.RUNNING and r.state.timestamp < stale
-    ]
+    running = [r for r in runs if r.deployment_id and awaits_heartbeat(r, stale)]
     silent = {r.id for r in running} - {UUID(i) for i in heartbeats_since(client, running, stale)}
     dead: list[DeadRun] = []
     for run in runs:
         state = run.state
         if state is None or run.deployment_id is None:  # a direct call has no deployment to run it again
             continue
-        if state.type is StateType.CRASHED:
-            dead.append(DeadRun(run, "crashed", state.message or "crashed"))
-        elif run.id in silent:
-            dead.append(DeadRun(run, "no heartbeat", f"Running with no heartbeat for {stale_after_s:g} s"))
-        elif state.type is StateType.PENDING and state.timestamp < stale:
-            dead.append(DeadRun(run, "stuck pending", f"Pending for over {stale_after_s:g} s (its runner stopped)"))
+        found = stalled(run, stale_after_s, stale, silent=run.id in silent)
+        if found is not None:
+            dead.append(found)
         elif state.type is StateType.PAUSED and _schema_missing(client, run):
             dead.append(DeadRun(run, "wait without schema", f"waiting for {state.state_details.pause_key} with no"
                                 " input schema saved"))  # fmt: skip
@@ -152,7 +167,7 @@ def recover(
     return "rescheduled"
 
 
-@task(name="recover_dead_runs", **step_options(FETCH_TIMEOUT_S))
+@task(name="recover_dead_runs", **step_options(FETCH_STEP))
 def recover_dead_runs(
     stale_after_s: float, max_attempts: int, backoff_s: float, flow_run_ids: list[UUID] | None = None
 ) -> dict[str, str]:

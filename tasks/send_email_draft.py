@@ -9,11 +9,11 @@ from prefect.runtime import flow_run
 
 from blocks.registry import resolve
 from flows.models import ContractData, EmailDraft, EmailResult, UpsellPlan, UsageAlert, UsageData
-from tasks.content.email import compose_email
+from tasks.content.email import build_message, compose_email
 from tasks.content.outgoing import allowed_links, email_problems
 from tasks.runtime.links import LinkToken, link_for
 from tasks.runtime.once import run_once
-from tasks.runtime.policy import SEND_TIMEOUT_S, step_options
+from tasks.runtime.policy import SEND_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 EMAIL_STEP = "send_email_draft"
@@ -62,7 +62,7 @@ def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, pla
     )
 
 
-@task(name="send_email_draft", **step_options(SEND_TIMEOUT_S))
+@task(name="send_email_draft", **step_options(SEND_STEP))
 def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
     """Check the email, then send it once per event: a retry, a resume or a re-run never sends it again.
 
@@ -71,22 +71,24 @@ def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
     and the flow hands the upsell to a human with the problems found.
     """
     logger = get_run_logger()
-    problems = email_problems(draft, allowed_links(get_settings().public_base_url))
+    settings = get_settings()
+    problems = email_problems(draft, allowed_links(settings.public_base_url))
     if problems:
         logger.warning("Email for event %s withheld by the safety check: %s", alert.event_id, "; ".join(problems))
         return EmailResult(status="blocked", detail="; ".join(problems))
-    store = resolve("store").client
+    store = resolve("store", settings).client
     try:
         if store.is_suppressed(draft.to):
             logger.info("Contact unsubscribed; no email for event %s", alert.event_id)
             return EmailResult(status="suppressed", detail="contact unsubscribed")
-        sender = resolve("email").client
+        sender = resolve("email", settings).client
         provider = type(sender).__name__
+        message = build_message(draft, from_address=sender.from_address, from_name=sender.from_name)
         done = run_once(
             store,
             alert.event_id,
             EMAIL_STEP,
-            lambda: {"message_id": sender.send(draft, idempotency_key=f"{alert.event_id}-email")},
+            lambda: {"message_id": sender.send(message, idempotency_key=f"{alert.event_id}-email")},
         )
     finally:
         store.close()

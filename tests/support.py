@@ -58,7 +58,7 @@ def resume(run_id: UUID | str, kind: str, value: dict) -> None:
     """Answer the run's wait through the public API (typed input, validated)."""
     import asyncio
 
-    from deployments.api import resume_wait
+    from flows.api import resume_wait
 
     async def go() -> None:
         async with get_client() as client:

@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from deployments.api import resume_wait, send_customer_reply, trigger_upsell_workflow
+from flows.api import resume_wait, send_customer_reply, trigger_upsell_workflow
 from flows.models import AutomationLevel, UpsellOutcome
 from tests.support import wait_until_final, wait_until_paused
 

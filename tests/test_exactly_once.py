@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ParameterTypeError
 
 from blocks.mongo import SqliteOpportunityStore
-from deployments.api import UpsellRequestError, send_customer_reply, trigger_upsell_workflow
+from flows.api import UpsellRequestError, send_customer_reply, trigger_upsell_workflow
 from flows.models import UpsellOutcome, UpsellStatus
 from flows.upsell import upsell
 from tasks.send_email_draft import EMAIL_STEP

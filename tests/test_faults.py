@@ -20,7 +20,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Scheduled
 
-from deployments.api import create_upsell_run
+from flows.api import create_upsell_run
 from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
 from flows.recovery import upsell_recovery
 from tasks.runtime.faults import FAULTS_ENV, all_points, kills_at, random_point

@@ -35,10 +35,10 @@ from schemathesis.checks import not_a_server_error
 
 from flows.models import EVENT_ID_PATTERN, WAIT_INPUTS
 from tasks.runtime.links import LinkToken, sign_token
+from tasks.runtime.signing import SIGNATURE_HEADER, sign
 from tests.test_webhook_support import SECRET, alert, signed_headers
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
-from webhook.signing import SIGNATURE_HEADER, sign
 
 LINK_SECRET = "hostile-tests-link-secret-0123456789"
 #: No metric qualifies, so a valid alert is recorded and answered 200 without any call to Prefect.

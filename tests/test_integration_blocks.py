@@ -17,6 +17,7 @@ from blocks.sources import FixtureSource
 from blocks.zoom import ZoomClient
 from flows.models import UsageAlert
 from tasks.ask_claude_for_plan import ask_claude_for_plan
+from tasks.runtime.settings import get_settings
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.zoom_api import FakeZoom
@@ -75,7 +76,8 @@ def test_saved_blocks_resolve_to_the_real_clients(fakes, event_id):
         for name, block in saved.items():
             block.save(name, overwrite=True)
 
-        planner, slack, zoom = resolve("planner"), resolve("slack"), resolve("zoom")
+        settings = get_settings()
+        planner, slack, zoom = resolve("planner", settings), resolve("slack", settings), resolve("zoom", settings)
         assert isinstance(planner.client, ClaudePlanner) and not planner.standin
         assert isinstance(slack.client, SlackNotifier) and not slack.standin
         assert isinstance(zoom.client, ZoomClient) and not zoom.standin
@@ -95,4 +97,4 @@ def test_saved_blocks_resolve_to_the_real_clients(fakes, event_id):
     finally:
         for name, block in saved.items():
             type(block).delete(name)
-    assert resolve("planner").standin and resolve("slack").standin and resolve("zoom").standin
+    assert all(resolve(service, get_settings()).standin for service in ("planner", "slack", "zoom"))

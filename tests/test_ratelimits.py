@@ -13,6 +13,7 @@ from blocks.interfaces import SlackPost
 from blocks.limits import VENDOR_RATES, RateLimitSlotUnavailable, VendorRate, acquire_rate_limit, ensure_rate_limits
 from blocks.sources import FixtureSource
 from flows.models import UsageAlert
+from tasks.content.admission import plan_problem
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.zoom_api import FakeZoom
@@ -65,7 +66,8 @@ def test_missing_limit_is_skipped_and_full_limit_refuses(prefect):
         source = FixtureSource()
         alert = UsageAlert(event_id="evt-rl", account_id="12345", metric_type="trade_volume")
         planner = AnthropicCredentials(api_key=anthropic_api.api_key, base_url=anthropic_api.base_url).get_client()
-        assert planner.plan(source.fetch_usage(alert), source.fetch_contract("12345")).planner == "claude"
+        result = planner.plan(source.fetch_usage(alert), source.fetch_contract("12345"), review=plan_problem)
+        assert result.planner == "claude"
         assert active_slots(prefect, "upsell-anthropic") == 2  # the SDK's own retry took a slot as well
 
         zoom = ZoomCredentials(

@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed, Pending, Running, State
 
-from deployments.api import create_upsell_run
+from flows.api import create_upsell_run
 from flows.models import AutomationLevel, UsageAlert
 from flows.recovery import upsell_recovery
 from flows.upsell import upsell

@@ -65,7 +65,7 @@ from blocks import (
     ZoomCredentials,
 )
 from blocks.registry import SERVICES
-from deployments.api import trigger_upsell_workflow
+from flows.api import trigger_upsell_workflow
 from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
 from flows.upsell import upsell
 from tasks.runtime.links import verify_token

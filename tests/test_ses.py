@@ -22,10 +22,10 @@ from pydantic import SecretStr
 from blocks.anthropic import RuleBasedPlanner
 from blocks.interfaces import SendOutcomeUnknown
 from blocks.mongo import SqliteOpportunityStore
-from blocks.ses import IDEMPOTENCY_HEADER, SesEmailSender
+from blocks.ses import IDEMPOTENCY_HEADER, SesEmailClient, SesEmailSender
 from blocks.sources import FixtureSource
 from flows.models import EmailDraft, EmailResult, UsageAlert
-from tasks.content.email import compose_email
+from tasks.content.email import build_message, compose_email
 from tasks.runtime.policy import is_permanent
 from tasks.send_email_draft import EMAIL_STEP, send_email_draft
 from tests.fakes.server import serve_in_thread
@@ -106,6 +106,12 @@ def _draft(to: str) -> EmailDraft:
     return draft.model_copy(update={"to": to})
 
 
+def _send(client: SesEmailClient, draft: EmailDraft, idempotency_key: str) -> str:
+    """Build the message as the step does (From the client's identity) and send it."""
+    message = build_message(draft, from_address=client.from_address, from_name=client.from_name)
+    return client.send(message, idempotency_key=idempotency_key)
+
+
 def _recipient() -> str:
     return f"buyer-{uuid.uuid4().hex[:10]}@customer.example.com"
 
@@ -149,7 +155,7 @@ def test_raw_message_keeps_both_parts_unsubscribe_headers_and_configuration_set(
     recipient = _recipient()
     draft = _draft(recipient)
 
-    message_id = block.get_client().send(draft, idempotency_key="evt-1-email")
+    message_id = _send(block.get_client(), draft, "evt-1-email")
 
     [sent] = _messages_to(moto_url, recipient)
     assert sent["id"] == message_id
@@ -222,7 +228,7 @@ def test_throttling_is_transient_and_a_rejected_message_is_permanent(block: SesE
     errors = []
     for _ in range(3):
         with pytest.raises(ClientError) as caught:
-            client.send(_draft(_recipient()), idempotency_key="k")
+            _send(client, _draft(_recipient()), "k")
         errors.append(caught.value)
     assert [e.response["Error"]["Code"] for e in errors] == [
         "TooManyRequestsException",
@@ -279,7 +285,7 @@ def test_read_timeout_raises_send_outcome_unknown(block: SesEmailSender, proxy: 
     proxy.late_s = 2.0
     client = block.model_copy(update={"read_timeout_s": 0.5}).get_client()
     with pytest.raises(SendOutcomeUnknown):
-        client.send(_draft(_recipient()), idempotency_key="evt-timeout-email")
+        _send(client, _draft(_recipient()), "evt-timeout-email")
 
 
 def test_connection_closed_after_sending_is_an_unknown_outcome(block: SesEmailSender) -> None:
@@ -308,7 +314,7 @@ def test_connection_closed_after_sending_is_an_unknown_outcome(block: SesEmailSe
     client = block.model_copy(update={"endpoint_url": f"http://{host}:{port}"}).get_client()
     try:
         with pytest.raises(SendOutcomeUnknown):
-            client.send(_draft(_recipient()), idempotency_key="evt-closed-email")
+            _send(client, _draft(_recipient()), "evt-closed-email")
     finally:
         thread.join(timeout=5)
         listener.close()

@@ -27,7 +27,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, TaskRun
 from pydantic import SecretStr
 
 from blocks import HttpCrmSource, HttpUsageSource, SlackCredentials
-from deployments.api import trigger_upsell_workflow
+from flows.api import trigger_upsell_workflow
 from flows.models import AutomationLevel, SlackResult
 from tasks.runtime.policy import RETRIES
 from tests.conftest import Runner

@@ -21,6 +21,7 @@ from blocks.mongo import MongoOpportunityStore, MongoStore, SqliteOpportunitySto
 from blocks.registry import resolve
 from flows.models import AutomationLevel, CustomerReply, Opportunity, UpsellStatus
 from tasks.log_opportunity import log_opportunity
+from tasks.runtime.settings import get_settings
 
 
 @pytest.fixture(params=["sqlite", "mongo"])
@@ -241,7 +242,7 @@ def test_log_opportunity_task_upserts_into_mongo_through_the_block(mongo_uri: st
     database = f"upsell_{uuid.uuid4().hex}"
     MongoOpportunityStore(uri=SecretStr(mongo_uri), database=database).save("upsell-mongo", overwrite=True)
     try:
-        resolved = resolve("store")
+        resolved = resolve("store", get_settings())
         resolved.client.close()
         assert not resolved.standin and isinstance(resolved.client, MongoStore)
         event_id = _evt()

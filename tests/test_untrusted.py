@@ -20,7 +20,7 @@ from flows.models import (
     UsageData,
     load_catalogue,
 )
-from tasks.content.admission import accept_contract, accept_plan, accept_usage, plan_problem, value_cap
+from tasks.content.admission import accept_contract, accept_plan, accept_usage, plan_problem
 from tasks.content.email import build_message, compose_email, subject_for
 from tasks.content.outgoing import allowed_links, email_problems, slack_problems
 from tasks.content.untrusted import (
@@ -30,7 +30,6 @@ from tasks.content.untrusted import (
     clean_name,
     clean_text,
     findings,
-    normalise,
 )
 from tasks.post_slack_summary import build_summary, build_withheld_notice
 from tests.containment import content_failures, slack_failures
@@ -100,9 +99,9 @@ def test_identity_comes_from_the_alert_and_the_contract_is_cleaned() -> None:
 
 def test_plan_value_is_capped_by_spend_and_by_the_list_price() -> None:
     catalogue = load_catalogue()
-    assert value_cap(catalogue, "Professional", 30000, 3.0) == 90000  # 3 x spend
-    assert value_cap(catalogue, "Professional", 10**9, 3.0) == 180000  # a hostile spend: 3 x list price (60,000)
-    assert value_cap(catalogue, "Professional", 0, 3.0) == 180000  # a free plan: the list price
+    assert catalogue.value_cap("Professional", 30000, 3.0) == 90000  # 3 x spend
+    assert catalogue.value_cap("Professional", 10**9, 3.0) == 180000  # a hostile spend: 3 x list price (60,000)
+    assert catalogue.value_cap("Professional", 0, 3.0) == 180000  # a free plan: the list price
     contract = ContractData(account_id="a", current_plan="Growth", contract_end_date="", renewal_date="",
                             current_spend=10**9)  # fmt: skip
     plan = UpsellPlan(recommended_plan="Professional", estimated_value=5e8, justification="j", features=[],
@@ -250,7 +249,7 @@ def _through_the_builders(source: str, field: str, text: str) -> tuple[EmailDraf
                       justification=answer["justification"], features=[answer["feature"]],
                       roi_analysis=answer["roi_analysis"], risk_assessment=answer["risk_assessment"])  # fmt: skip
     catalogue = load_catalogue()
-    valid = plan_problem(plan) is None and catalogue.find(normalise(plan.recommended_plan)) is not None
+    valid = plan_problem(plan) is None and catalogue.find(plan.recommended_plan) is not None  # as ClaudePlanner
     planned = PlanResult(plan=plan, planner="claude") if valid else RuleBasedPlanner().plan(usage, contract)
     planned = accept_plan(planned, contract, catalogue, max_value_ratio=3.0)
     links = {a: f"{BASE}/links/{a}-token" for a in ("yes", "no", "maybe")}

@@ -17,11 +17,11 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelled
 
 from flows.upsell import upsell
+from tasks.runtime.signing import sign
 from tests.test_webhook_support import OLD_SECRET, SECRET, alert, get_status, post_alert, runs_with_key, signed_headers
-from webhook.dispatcher import attached_key
+from webhook.gateway import attached_key
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
-from webhook.signing import sign
 
 #: Not served by the session runner, so the runs these tests create stay Scheduled (open) and cost no CPU.
 DEPLOYMENT = "upsell/receiver-tests"

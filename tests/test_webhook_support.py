@@ -18,8 +18,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempoten
 from pydantic import ValidationError
 
 from deployments.stack import stop_process
+from tasks.runtime.signing import sign
 from webhook.settings import ReceiverSettings
-from webhook.signing import SignatureError, sign, verify_signature
+from webhook.signing import SignatureError, verify_signature
 
 SECRET = "whsec_current_0123456789abcdef"
 OLD_SECRET = "whsec_previous_0123456789abcdef"
@@ -111,7 +112,7 @@ def test_settings_require_signing_unless_dev_flag(monkeypatch):
 
 
 def test_module_app_is_built_lazily_from_the_environment(monkeypatch):
-    import webhook.app as module
+    import webhook.main as module
 
     assert "_lazy_app" in vars(module) and module._lazy_app is None  # importing built nothing
     monkeypatch.setenv("UPSELL_WEBHOOK_SECRETS", SECRET)

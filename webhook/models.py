@@ -82,6 +82,16 @@ class ErrorAnswer(BaseModel):
     errors: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class Refused(Exception):
+    """A request refused with a JSON error naming the offending field (answered by the app's handler)."""
+
+    def __init__(self, status_code: int, error: str, detail: str, field: str | None = None,
+                 errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.answer = ErrorAnswer(error=error, field=field, detail=detail, errors=errors or [])
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     signing: Literal["required", "disabled"]

@@ -9,8 +9,8 @@ import time
 
 import uvicorn
 
-from deployments.stack import free_port
-from webhook.app import create_app
+from webhook.main import create_app
+from webhook.ports import free_port
 from webhook.settings import ReceiverSettings
 
 

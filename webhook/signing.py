@@ -1,27 +1,15 @@
-"""`X-Upsell-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` (the Stripe scheme)."""
+"""The receiver's side of `X-Upsell-Signature` (the signing side is `tasks.runtime.signing`)."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import time
 
-SIGNATURE_HEADER = "X-Upsell-Signature"
+from tasks.runtime.signing import SIGNATURE_HEADER, compute_signature
 
 
 class SignatureError(Exception):
     """Why a request's signature was refused (the text is sent back with the 401)."""
-
-
-def compute_signature(secret: bytes | str, timestamp: int, body: bytes) -> str:
-    key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def sign(body: bytes, secret: bytes | str, timestamp: int | None = None) -> str:
-    """The header value for `body` (what the metrics system sends; used by tests, the bench and docs)."""
-    t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={compute_signature(secret, t, body)}"
 
 
 def verify_signature(

@@ -37,15 +37,6 @@ def malformed(exc: ValidationError, source: str) -> UnsafeData:
     return UnsafeData(f"{source}.{field}", "is missing or malformed")
 
 
-def value_cap(catalogue: Catalogue, recommended_plan: str, current_spend: float, ratio: float) -> float:
-    """The most an upsell to `recommended_plan` may be worth: `ratio` x the spend, and never more than `ratio`
-    x the plan's list price (an account on a free plan is bounded by the list price alone)."""
-    listed = catalogue.find(recommended_plan)
-    price = listed.annual_price if listed is not None else max(p.annual_price for p in catalogue.plans)
-    base = min(current_spend, price) if current_spend > 0 else price
-    return ratio * base
-
-
 def accept_usage(usage: UsageData, alert: UsageAlert, *, max_value: float) -> UsageData:
     """The usage answer with the alert's identity, checked numbers and cleaned context."""
     context = clean_data(usage.additional_context) or {}
@@ -111,7 +102,7 @@ def accept_plan(
     if listed is None:
         raise UnsafeData("plan.recommended_plan", "is not a plan of the catalogue")
     value = checked_number(plan.estimated_value, "plan.estimated_value", upper=float("inf"))
-    bound = value_cap(catalogue, listed.name, contract.current_spend, max_value_ratio)
+    bound = catalogue.value_cap(listed.name, contract.current_spend, max_value_ratio)
     reason = clean_text(result.reason, "reason")
     if value > bound:
         value = round(bound, 2)

@@ -20,6 +20,8 @@ import signal
 import sys
 from typing import Literal
 
+from tasks.runtime.settings import get_settings
+
 FAULTS_ENV = "UPSELL_FAULTS"
 OUTWARD_STEPS = ("send_email_draft", "post_slack_summary", "create_zoom_meeting")
 MOMENTS = ("before", "after")
@@ -52,7 +54,7 @@ def kills_at(spec: str, step: str, when: Moment, event_id: str) -> bool:
 
 def fault_point(step: str, when: Moment, event_id: str) -> None:
     """Kill this process here if `UPSELL_FAULTS` names this point (does nothing when it is unset)."""
-    spec = os.environ.get(FAULTS_ENV, "")
+    spec = get_settings().faults
     if spec and kills_at(spec, step, when, event_id):
         sys.stderr.write(f"{FAULTS_ENV}: killing process {os.getpid()} at {step}:{when} for event {event_id}\n")
         sys.stderr.flush()

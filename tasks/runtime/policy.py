@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 import httpx
-from prefect.tasks import exponential_backoff
+from prefect.tasks import Task, exponential_backoff
 from pydantic import ValidationError
 
 from blocks.interfaces import PermanentError
+from tasks.runtime.settings import UpsellSettings, get_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RETRIES = 3
 JITTER = 0.5
-
-
-def _seconds(variable: str, default: float) -> float:
-    # Read once, when the task decorators are built (Prefect fixes a task's retries and timeout then), so not
-    # through `get_settings()`; the same names are documented on `UpsellSettings`. Tests shorten them.
-    return float(os.environ.get(variable) or default)
-
-
-#: Timeout of one attempt of a step (the reference design gives each activity 5-10 minutes).
-FETCH_TIMEOUT_S = _seconds("UPSELL_FETCH_TIMEOUT_S", 300.0)
-SEND_TIMEOUT_S = _seconds("UPSELL_SEND_TIMEOUT_S", 600.0)
-RETRY_DELAYS = exponential_backoff(backoff_factor=_seconds("UPSELL_RETRY_BASE_DELAY_S", 10.0))
+#: The two kinds of step: reading (fetches, the Slack post, the log) and sending (the plan, the email, the meeting).
+FETCH_STEP: Final = "fetch-step"
+SEND_STEP: Final = "send-step"
+StepKind = Literal["fetch-step", "send-step"]
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -46,7 +41,7 @@ def is_permanent(exc: BaseException) -> bool:
     return False
 
 
-def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+def retry_unless_permanent(_task: Any, _task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry transient failures only."""
     try:
         state.result()
@@ -55,13 +50,30 @@ def retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     return True
 
 
-def step_options(timeout_s: float) -> dict[str, Any]:
-    """Decorator options of a retrying, cached, persisted step (results survive a suspend/resume)."""
+def step_options(kind: StepKind) -> dict[str, Any]:
+    """Decorator options of a retrying, persisted step (results survive a suspend/resume), tagged with its kind.
+
+    The timeout and retry delays here are the settings' defaults; `configured` applies the settings of the
+    running process when the flow calls the step, so nothing is read from the environment at import.
+    """
+    defaults = UpsellSettings.model_fields
+    timeout = defaults["send_timeout_s" if kind == SEND_STEP else "fetch_timeout_s"].default
     return {
         "retries": RETRIES,
-        "retry_delay_seconds": RETRY_DELAYS,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=defaults["retry_base_delay_s"].default),
         "retry_jitter_factor": JITTER,
         "retry_condition_fn": retry_unless_permanent,
-        "timeout_seconds": timeout_s,
+        "timeout_seconds": timeout,
         "persist_result": True,
+        "tags": [kind],
     }
+
+
+def configured(step: Task[P, R], settings: UpsellSettings | None = None) -> Task[P, R]:
+    """`step` with the timeout of its kind and the retry delays of `settings` (read now when not given)."""
+    settings = settings or get_settings()
+    timeout = settings.send_timeout_s if SEND_STEP in step.tags else settings.fetch_timeout_s
+    return step.with_options(
+        timeout_seconds=timeout,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_base_delay_s)(RETRIES),
+    )

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 
 from blocks.registry import SERVICES, resolve
 from flows.models import STAGE_ORDER, UpsellStage, UsageAlert
+from tasks.runtime.settings import get_settings
 
 #: Event name emitted when a stage is reached, so Prefect automations can act on it.
 STAGE_EVENTS: dict[UpsellStage, str] = {
@@ -84,7 +85,7 @@ def announce_integrations(log: bool = True) -> list[str]:
     logger = get_run_logger()
     standins = []
     for service in SERVICES:
-        chosen = resolve(service)
+        chosen = resolve(service, get_settings())
         if chosen.standin:
             standins.append(service)
         if log and chosen.standin:

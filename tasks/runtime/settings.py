@@ -6,14 +6,16 @@ Integration credentials do not live here: they are Prefect blocks (see `blocks/`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flows.models import DEFAULT_SEVERITY_LEVELS, AutomationLevel, Severity
 
 _DEV_LINK_SECRET = "development-only-link-secret"  # noqa: S105 - refused outside development
+DEFAULT_METRICS = ["trade_volume", "trade_value", "balance_change"]
+DEFAULT_SEVERITIES = [Severity.HIGH, Severity.CRITICAL]
 
 
 class UpsellSettings(BaseSettings):
@@ -42,6 +44,10 @@ class UpsellSettings(BaseSettings):
         default=300.0, gt=0, description="Timeout of one attempt of a reading step (and of the Slack post)."
     )
     send_timeout_s: float = Field(default=600.0, gt=0, description="Timeout of one attempt of a sending step.")
+    faults: str = Field(
+        default="",
+        description="Test and benchmark fault hook (tasks/runtime/faults.py): where a step kills its process.",
+    )
     deployment_name: str = "upsell/upsell"
     sender_name: str = "Upsell Team"
     sender_postal_address: str = "Example Corp, 1 Market Street, San Francisco, CA 94105"
@@ -62,6 +68,61 @@ class UpsellSettings(BaseSettings):
     @property
     def uses_dev_secret(self) -> bool:
         return self.link_secret.get_secret_value() == _DEV_LINK_SECRET
+
+
+def _split(value: object) -> object:
+    """Comma-separated environment values (`a,b,c`) become lists; lists pass through."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class AlertIntakeSettings(UpsellSettings):
+    """How alerts get in: the secrets that sign them and the rule that qualifies them. The receiver checks
+    both; the backfill, which submits alerts to it, signs with the same secrets and applies the same rule."""
+
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="HMAC secrets of X-Upsell-Signature, comma-separated; several are active during rotation.",
+    )
+    webhook_insecure_dev: bool = Field(
+        default=False, description="Development only: accept unsigned alerts. Refused in production."
+    )
+    qualifying_metrics: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_METRICS), description="Metrics that can start an upsell."
+    )
+    qualifying_severities: Annotated[list[Severity], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_SEVERITIES),
+        description="Severities that qualify on their own (other alerts need the high-value threshold).",
+    )
+    high_value_threshold: float = Field(
+        default=1000.0, ge=0, allow_inf_nan=False, description="current_value above this qualifies any severity."
+    )
+
+    _split_lists = field_validator(
+        "webhook_secrets", "qualifying_metrics", "qualifying_severities", mode="before"
+    )(_split)
+
+    @model_validator(mode="after")
+    def _signing_is_required(self) -> AlertIntakeSettings:
+        secrets = [s.get_secret_value() for s in self.webhook_secrets]
+        if self.webhook_insecure_dev and self.environment == "production":
+            raise ValueError("UPSELL_WEBHOOK_INSECURE_DEV is refused when UPSELL_ENVIRONMENT=production")
+        if not self.webhook_insecure_dev and not secrets:
+            raise ValueError(
+                "UPSELL_WEBHOOK_SECRETS must be set (comma-separated); for local development only, "
+                "UPSELL_WEBHOOK_INSECURE_DEV=true accepts unsigned alerts"
+            )
+        if any(len(s) < 16 for s in secrets):
+            raise ValueError("each UPSELL_WEBHOOK_SECRETS entry must be at least 16 characters")
+        return self
+
+    @property
+    def signing_required(self) -> bool:
+        return not self.webhook_insecure_dev
+
+    def secret_values(self) -> list[bytes]:
+        return [s.get_secret_value().encode() for s in self.webhook_secrets]
 
 
 def get_settings() -> UpsellSettings:

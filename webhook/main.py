@@ -1,0 +1,93 @@
+"""The receiver: signed usage alerts in, upsell flow runs out; reply, approval and unsubscribe links.
+
+Built by `create_app(settings)`. `uvicorn webhook.main:app` works too: the module attribute `app` is built on
+first access (module `__getattr__`) from the environment, so importing this module reads no settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prefect.client.orchestration import PrefectClient
+from prefect.settings import PREFECT_API_URL
+
+from webhook.dispatcher import AlertDispatcher
+from webhook.gateway import PrefectGateway
+from webhook.models import Refused
+from webhook.routes import alerts, health, links
+from webhook.settings import INSECURE_WARNING, ReceiverSettings
+from webhook.spool import Spool
+from webhook.store import ReceiverStore
+
+logger = logging.getLogger("upsell.receiver")
+
+
+@asynccontextmanager
+async def running(app: FastAPI, settings: ReceiverSettings) -> AsyncIterator[None]:
+    """The app's lifespan: its store, Prefect client, gateway, dispatcher and spool worker (on `app.state`)."""
+    if not settings.signing_required:
+        logger.warning("Receiver: %s", INSECURE_WARNING)
+    api_url = settings.prefect_api_url or PREFECT_API_URL.value()
+    if not api_url:
+        raise RuntimeError("no Prefect API: set PREFECT_API_URL (or UPSELL_PREFECT_API_URL)")
+    store = ReceiverStore(settings.receiver_db_path)
+    client = PrefectClient(api=api_url, httpx_settings={"timeout": httpx.Timeout(settings.prefect_timeout_s)})
+    async with client:
+        gateway = PrefectGateway(settings, client, api_url)
+        spool = Spool(settings, store, gateway)
+        dispatcher = AlertDispatcher(settings, store, gateway, spool)
+        app.state.store, app.state.gateway, app.state.spool, app.state.dispatcher = store, gateway, spool, dispatcher
+        worker = spool.start(partial(dispatcher.decide, from_spool=True))
+        try:
+            yield
+        finally:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+    store.close()
+
+
+async def refused(request: Request, exc: Refused) -> JSONResponse:
+    """A `Refused` request: its JSON error, with its status code."""
+    return JSONResponse(exc.answer.model_dump(exclude_none=True), status_code=exc.status_code)
+
+
+def create_app(settings: ReceiverSettings) -> FastAPI:
+    """The receiver app; its store, Prefect client and spool worker live in the lifespan."""
+
+    def lifespan(app: FastAPI) -> AbstractAsyncContextManager[None]:
+        return running(app, settings)
+
+    app = FastAPI(
+        title="Upsell receiver",
+        description="Signed usage alerts become upsell flow runs (once per event id); reply, approval and "
+        "one-click unsubscribe links resume or stop them.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.exception_handler(Refused)(refused)
+    app.include_router(alerts.router)
+    app.include_router(health.router)
+    app.include_router(links.router)
+    return app
+
+
+_lazy_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> Any:
+    """`webhook.main:app` for `uvicorn webhook.main:app`, built from the environment on first access."""
+    global _lazy_app
+    if name == "app":
+        if _lazy_app is None:
+            _lazy_app = create_app(ReceiverSettings())
+        return _lazy_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,167 @@
+"""Reply and approval links (`/links/{token}`) and one-click unsubscribe (`/unsubscribe/{token}`): a GET shows
+what the link will do and changes nothing (mail scanners prefetch links); a POST does it, once."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from urllib.parse import parse_qs
+from uuid import UUID
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prefect.exceptions import ObjectNotFound
+
+from flows.api import NotWaitingError, UpsellRequestError, validate_wait_input
+from flows.models import WAIT_INPUTS
+from tasks.runtime.links import InvalidToken, LinkToken, verify_token
+from webhook.deps import FormBody, GatewayDep, SettingsDep, SpoolDep, StoreDep
+from webhook.gateway import PrefectUnavailable
+from webhook.pages import confirm_form, describe, page
+from webhook.settings import ReceiverSettings
+
+logger = logging.getLogger("upsell.receiver")
+router = APIRouter()
+
+#: How long a one-click unsubscribe waits to be applied before the answer (it is recorded durably first).
+UNSUBSCRIBE_APPLY_S = 2.0
+
+#: A token as `sign_token` spells it: base64url payload, one dot, base64url MAC, no padding.
+_TOKEN_SPELLING = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def canonical_token(token: str) -> bool:
+    """Whether the token is spelled exactly as `sign_token` writes it.
+
+    `verify_token` decodes the MAC leniently (padding, characters outside base64url and the unused low bits of
+    the last character are ignored), so one signed link has many spellings, and each spelling has its own
+    used-link key: without this check, "token=" or "token!!!!" used a link a second time.
+    """
+    if not _TOKEN_SPELLING.fullmatch(token):
+        return False
+    mac = token.split(".", 1)[1]
+    try:
+        raw = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
+    except ValueError:
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == mac
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _altered() -> Response:
+    return page("This link is not valid", "The link is incomplete or was altered. Nothing was changed.", 403)
+
+
+def open_link(token: str, settings: ReceiverSettings, *, unsubscribe: bool) -> LinkToken | Response:
+    """The verified token, or the page that says why it cannot be used (403 forged, 410 expired)."""
+    if not canonical_token(token):
+        return _altered()
+    try:
+        link = verify_token(token, settings.link_secret.get_secret_value())
+    except InvalidToken as exc:
+        if exc.expired:
+            return page("This link has expired", "Links in our emails and messages expire. Nothing was changed.",
+                        410)
+        return _altered()
+    except RecursionError:  # correctly signed JSON nested deeper than the json module parses: not a link we made
+        return _altered()
+    if unsubscribe != (link.wait == "unsubscribe") or (not unsubscribe and link.wait not in WAIT_INPUTS):
+        return page("This link is not valid", "This link does not belong here. Nothing was changed.", 403)
+    if not unsubscribe and not _is_uuid(link.flow_run_id):  # a reply/approval link answers one flow run
+        return page("This link is not valid", "The link names no request. Nothing was changed.", 403)
+    return link
+
+
+def used_page() -> Response:
+    return page("This link was already used", "Your answer was recorded the first time. Nothing was changed.", 410)
+
+
+@router.get("/links/{token}", response_class=Response, summary="Confirmation page of a reply/approval link")
+async def show_link(token: str, settings: SettingsDep, store: StoreDep) -> Response:
+    """Shows what the link will do; changes nothing (mail scanners prefetch links)."""
+    link = open_link(token, settings, unsubscribe=False)
+    if isinstance(link, Response):
+        return link
+    if store.link_used(token_hash(token)):
+        return used_page()
+    title, question, label = describe(link.wait, link.value)
+    return page(title, question, form=confirm_form(label))
+
+
+@router.post("/links/{token}", response_class=Response, summary="Answer a wait with the link's value")
+async def use_link(token: str, settings: SettingsDep, store: StoreDep, gateway: GatewayDep) -> Response:
+    """Resumes the run once: the token is marked used (unique key) before the resume is attempted."""
+    link = open_link(token, settings, unsubscribe=False)
+    if isinstance(link, Response):
+        return link
+    try:
+        run_input = validate_wait_input(link.wait, link.value)
+    except UpsellRequestError:
+        return page("This link is not valid", "The link carries an answer we cannot use.", 403)
+    digest = token_hash(token)
+    if not store.claim_link(digest, link.flow_run_id, link.wait):
+        return used_page()
+    try:
+        await gateway.resume_wait(link.flow_run_id, link.wait, run_input)
+    except NotWaitingError:
+        store.release_link(digest)  # nothing was resumed: the link may still be valid later
+        return page("Nothing to answer right now",
+                    "This request is not waiting for this answer (it was already answered, or is not "
+                    "ready yet). Nothing was changed.", 409)
+    except ObjectNotFound:
+        return page("This request no longer exists", "Nothing was changed.", 410)
+    except PrefectUnavailable:
+        store.release_link(digest)
+        return page("Please try again shortly", "We could not record your answer just now. Nothing was "
+                    "changed; the link still works.", 503)
+    return page("Thank you", "Your answer was recorded.")
+
+
+@router.get("/unsubscribe/{token}", response_class=Response, summary="Unsubscribe confirmation page")
+async def show_unsubscribe(token: str, settings: SettingsDep) -> Response:
+    """Asks for confirmation; changes nothing (RFC 8058 clients POST instead)."""
+    link = open_link(token, settings, unsubscribe=True)
+    if isinstance(link, Response):
+        return link
+    title, question, label = describe(link.wait, link.value)
+    return page(title, question, form=confirm_form(label, {"List-Unsubscribe": "One-Click"}))
+
+
+@router.post("/unsubscribe/{token}", response_class=Response, summary="RFC 8058 one-click unsubscribe")
+async def unsubscribe(token: str, request_body: FormBody, settings: SettingsDep, store: StoreDep,
+                      spool: SpoolDep) -> Response:
+    """With body `List-Unsubscribe=One-Click`: the contact gets no more upsell emails.
+
+    The token is checked before anything else; the unsubscribe is then recorded in the receiver's own
+    file (so it is kept even while Prefect or the store is down) and applied to the suppression list at
+    once, or by a later dispatcher round as soon as Prefect and the store answer again.
+    """
+    link = open_link(token, settings, unsubscribe=True)
+    if isinstance(link, Response):
+        return link
+    form = parse_qs(request_body.decode("utf-8", "replace"))
+    if form.get("List-Unsubscribe") != ["One-Click"]:
+        return page("Unsubscribe", "The request must carry List-Unsubscribe=One-Click. Nothing was changed.",
+                    400)
+    email = str(link.value.get("email", "")).strip()
+    if not email:
+        return page("This link is not valid", "The link names no address. Nothing was changed.", 403)
+    store.record_unsubscribe(token_hash(token), email, link.flow_run_id)
+    # applied now when Prefect and the store answer within a moment; otherwise by a later dispatcher round
+    applied = await spool.apply_unsubscribes(timeout_s=UNSUBSCRIBE_APPLY_S)
+    logger.info("Unsubscribe of %s recorded (flow run %s)%s", email, link.flow_run_id,
+                "" if applied else "; it will be applied when Prefect and the store answer")
+    return page("You are unsubscribed", f"{email} will receive no more of these emails.")
