@@ -40,7 +40,8 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 from bench.upsells import answer_yes_until, create_upsells  # noqa: E402
-from deployments.stack import Stack, ensure_prefect_server, free_port, wait_for_deployments  # noqa: E402
+from deployments.stack import Stack, ensure_prefect_server, wait_for_deployments  # noqa: E402
+from webhook.ports import free_port  # noqa: E402
 
 
 def start_serving(stack: Stack, api_url: str, data_dir: Path, processes: bool, n: int) -> subprocess.Popen[bytes]:

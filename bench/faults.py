@@ -40,7 +40,8 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 from bench.upsells import answer_yes_until, create_upsells, upsell_runs_among  # noqa: E402
-from deployments.stack import Stack, ensure_prefect_server, free_port, wait_for_deployments  # noqa: E402
+from deployments.stack import Stack, ensure_prefect_server, wait_for_deployments  # noqa: E402
+from webhook.ports import free_port  # noqa: E402
 
 LABELS = {"send_email_draft": "email", "post_slack_summary": "Slack summary", "create_zoom_meeting": "Zoom meeting"}
 KILL_LINE = re.compile(r"UPSELL_FAULTS: killing process \d+ at (\S+) for event (\S+)")

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from deployments.stack import Stack, ensure_prefect_server, free_port  # noqa: E402
+from deployments.stack import Stack, ensure_prefect_server  # noqa: E402
+from webhook.ports import free_port  # noqa: E402
 
 SECRET = "bench-outage-secret-0123456789"
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import asyncpg
 
-from deployments.stack import Stack, free_port
+from deployments.stack import Stack
+from webhook.ports import free_port
 
 DATABASE = "prefect"
 

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="upsell-bench-"))
-    from deployments.stack import free_port
+    from webhook.ports import free_port
 
     prefect_port, receiver_port = free_port(), free_port()
     api_url = f"http://127.0.0.1:{prefect_port}/api"

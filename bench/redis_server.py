@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from deployments.stack import Stack, free_port
+from deployments.stack import Stack
+from webhook.ports import free_port
 
 
 def start_redis(stack: Stack, work: Path) -> dict[str, str]:

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import httpx
 
-from webhook.ports import free_port as free_port  # the tests and the bench take it from here
-
 DEFAULT_PREFECT_PORT = 4200
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pymongo import MongoClient
 
-from deployments.stack import free_port
+from webhook.ports import free_port
 
 NX_PINS = ("nx-27017==0.8.1", "neosqlite==1.17.2")
 #: Reused between runs when it exists and works: building it takes about a minute.

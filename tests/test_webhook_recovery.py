@@ -17,13 +17,13 @@ from fastapi.responses import PlainTextResponse
 from prefect.client.orchestration import get_client
 
 from blocks.mongo import SqliteOpportunityStore
-from deployments.stack import free_port
 from flows.api import create_upsell_run, deployment_id_for
 from flows.models import AutomationLevel, UsageAlert
 from flows.upsell import upsell
 from tasks.runtime.links import LinkToken, link_for
 from tests.fakes.server import serve_in_thread
 from tests.test_webhook_support import SECRET, alert, get_status, post_alert, runs_with_key
+from webhook.ports import free_port
 from webhook.routes.links import UNSUBSCRIBE_APPLY_S
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings

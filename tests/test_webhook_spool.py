@@ -10,9 +10,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from deployments.stack import free_port
 from flows.upsell import upsell
 from tests.test_webhook_support import SECRET, PrefectServer, alert, get_status, post_alert
+from webhook.ports import free_port
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import uvicorn
 
-from deployments.stack import free_port
+from webhook.ports import free_port
 
 
 def serve_in_thread(app, *, startup_timeout_s: float = 10.0) -> tuple[str, Callable[[], None]]:
