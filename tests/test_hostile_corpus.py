@@ -43,6 +43,7 @@ from flows.models import (
 )
 from flows.upsell import upsell
 from tasks.post_slack_summary import post_slack_summary
+from tasks.runtime.policy import configured
 from tests.containment import email_failures, slack_failures, text_failures
 from tests.fakes.anthropic_api import DEFAULT_PLAN, FakeAnthropic
 from tests.fakes.server import serve_in_thread
@@ -327,7 +328,8 @@ def test_a_slack_summary_that_fails_the_final_check_is_replaced_by_a_notice(fake
         # a decision link that is not the product's own stands for any bug that lets a foreign link through
         links = {"approve": "https://attacker.example/approve"}
         planned = PlanResult(plan=plan, planner="claude")
-        return post_slack_summary(alert, AutomationLevel.HYBRID, contract, planned, EmailResult(status="sent"), links)
+        post = configured(post_slack_summary)
+        return post(alert, AutomationLevel.HYBRID, contract, planned, EmailResult(status="sent"), links)
 
     result = post_summary()
 

@@ -17,6 +17,7 @@ from blocks.sources import FixtureSource
 from blocks.zoom import ZoomClient
 from flows.models import UsageAlert
 from tasks.ask_claude_for_plan import ask_claude_for_plan
+from tasks.runtime.policy import configured
 from tasks.runtime.settings import get_settings
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import FakeSlack
@@ -55,7 +56,7 @@ def _plan_like_the_upsell_flow(alert: UsageAlert):
     """Calls the real planning step; returns (completed?, planner or failure message)."""
     source = FixtureSource()
     usage, contract = source.fetch_usage(alert), source.fetch_contract(alert.account_id)
-    state = ask_claude_for_plan(usage, contract, return_state=True)
+    state = configured(ask_claude_for_plan)(usage, contract, return_state=True)
     return (True, state.result().planner) if state.is_completed() else (False, state.message)
 
 

@@ -26,7 +26,7 @@ from blocks.ses import IDEMPOTENCY_HEADER, SesEmailClient, SesEmailSender
 from blocks.sources import FixtureSource
 from flows.models import EmailDraft, EmailResult, UsageAlert
 from tasks.content.email import build_message, compose_email
-from tasks.runtime.policy import is_permanent
+from tasks.runtime.policy import configured, is_permanent
 from tasks.send_email_draft import EMAIL_STEP, send_email_draft
 from tests.fakes.server import serve_in_thread
 from tests.fakes.ses import ProxyState, create_proxy, parse_raw, sent_raw_messages
@@ -123,7 +123,7 @@ def _messages_to(moto_url: str, recipient: str) -> list[dict[str, Any]]:
 @flow(name="send-email-check")
 def _send_flow(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
     """Run the real send_email_draft task (idempotency guard and retry policy) inside a flow run."""
-    return send_email_draft(alert, draft)
+    return configured(send_email_draft)(alert, draft)
 
 
 def _task_state_names(flow_state: State) -> list[str]:

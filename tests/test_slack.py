@@ -13,7 +13,7 @@ from blocks.slack import SlackCredentials, SlackNotifier, SlackRateLimited
 from blocks.sources import FixtureSource
 from flows.models import AutomationLevel, EmailResult, PlanResult, UpsellPlan, UsageAlert
 from tasks.post_slack_summary import post_slack_summary
-from tasks.runtime.policy import is_permanent
+from tasks.runtime.policy import configured, is_permanent
 from tests.fakes.slack_api import FakeSlack
 
 MESSAGE = SlackPost(text="Upsell: Growth -> Professional", blocks=[{"type": "divider"}])
@@ -98,7 +98,7 @@ def _post_like_the_upsell_flow(alert: UsageAlert):
         roi_analysis="r",
         risk_assessment="x",
     )
-    state = post_slack_summary(
+    state = configured(post_slack_summary)(
         alert,
         AutomationLevel.FULL_AUTOMATION,
         contract,

@@ -20,6 +20,7 @@ from flows.models import ContractData, UsageAlert, UsageData
 from tasks.content.untrusted import UnsafeData
 from tasks.fetch_contract import fetch_contract
 from tasks.fetch_usage import fetch_usage
+from tasks.runtime.policy import configured
 from tests.fakes.server import serve_in_thread
 from tests.fakes.usage_api import UsageApiState, create_app
 
@@ -96,13 +97,13 @@ def _task_state_names(flow_state: State) -> list[str]:
 @flow(name="fetch-usage-check")
 def _usage_flow(alert: UsageAlert) -> UsageData:
     """Run the real fetch_usage task (its retries and retry condition) inside a flow run."""
-    return fetch_usage(alert)
+    return configured(fetch_usage)(alert)
 
 
 @flow(name="fetch-contract-check")
 def _contract_flow(account_id: str) -> ContractData:
     """Run the real fetch_contract task inside a flow run."""
-    return fetch_contract(account_id)
+    return configured(fetch_contract)(account_id)
 
 
 # ---- the clients, straight ----

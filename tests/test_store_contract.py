@@ -21,6 +21,7 @@ from blocks.mongo import MongoOpportunityStore, MongoStore, SqliteOpportunitySto
 from blocks.registry import resolve
 from flows.models import AutomationLevel, CustomerReply, Opportunity, UpsellStatus
 from tasks.log_opportunity import log_opportunity
+from tasks.runtime.policy import configured
 from tasks.runtime.settings import get_settings
 
 
@@ -235,7 +236,7 @@ def _unique_keys(collection: Any) -> list[list[str]]:
 @flow(name="log-opportunity-check")
 def _log_flow(opportunity: Opportunity) -> str:
     """Run the real log_opportunity task inside a flow run."""
-    return log_opportunity(opportunity)
+    return configured(log_opportunity)(opportunity)
 
 
 def test_log_opportunity_task_upserts_into_mongo_through_the_block(mongo_uri: str) -> None:
