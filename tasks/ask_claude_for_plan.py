@@ -11,7 +11,7 @@ from tasks.runtime.policy import SEND_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 
-@task(name="ask_claude_for_plan", **step_options(SEND_STEP))
+@task(**step_options("ask_claude_for_plan", SEND_STEP))
 def ask_claude_for_plan(usage: UsageData, contract: ContractData) -> PlanResult:
     """Produce a validated upsell plan, recording which planner made it and why (its text cleaned, value capped)."""
     planner = resolve("planner", get_settings()).client

@@ -40,7 +40,7 @@ def run_logger() -> Any:
         return get_logger("upsell.backfill")
 
 
-@task(name="scan_usage_alerts", **step_options(FETCH_STEP))
+@task(**step_options("scan_usage_alerts", FETCH_STEP))
 def scan_usage_alerts(since: datetime, until: datetime) -> list[UsageAlert]:
     """Alerts of the window from the usage source (fixture accounts by default)."""
     source = resolve("usage", get_settings()).client
@@ -62,7 +62,7 @@ def alert_body(alert: UsageAlert) -> bytes:
     }).encode()
 
 
-@task(name="submit_alert", **step_options(FETCH_STEP))
+@task(**step_options("submit_alert", FETCH_STEP))
 def submit_alert(alert: UsageAlert, dry_run: bool = False) -> Submission:
     """Post the alert, signed, to the receiver (or, in a dry run, say what it would become)."""
     settings = AlertIntakeSettings()

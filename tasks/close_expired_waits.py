@@ -34,7 +34,7 @@ def expired_waits(now: datetime, limit: int = 500) -> list[tuple[Any, str, WaitD
     return found
 
 
-@task(name="close_expired_waits", **step_options(FETCH_STEP))
+@task(**step_options("close_expired_waits", FETCH_STEP))
 def close_expired_waits(now: datetime | None = None, limit: int = 500) -> list[str]:
     """Resume every expired wait with its timeout answer (`no_reply`, or a timed-out approval)."""
     logger = get_run_logger()

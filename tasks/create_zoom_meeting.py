@@ -26,7 +26,7 @@ def next_business_slot(after: datetime, lead_time_h: float) -> datetime:
     return slot
 
 
-@task(name="create_zoom_meeting", **step_options(SEND_STEP))
+@task(**step_options("create_zoom_meeting", SEND_STEP))
 def create_zoom_meeting(alert: UsageAlert, contract: ContractData, plan: UpsellPlan) -> Meeting | None:
     """Create the follow-up meeting once per event; None when an earlier attempt's outcome is unknown."""
     logger = get_run_logger()

@@ -12,7 +12,7 @@ from tasks.runtime.policy import FETCH_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 
-@task(name="fetch_contract", **step_options(FETCH_STEP))
+@task(**step_options("fetch_contract", FETCH_STEP))
 def fetch_contract(account_id: str) -> ContractData:
     """Fetch the account's contract and contact from the CRM (one validated recipient, text cleaned)."""
     try:

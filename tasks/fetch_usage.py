@@ -12,7 +12,7 @@ from tasks.runtime.policy import FETCH_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 
-@task(name="fetch_usage", **step_options(FETCH_STEP))
+@task(**step_options("fetch_usage", FETCH_STEP))
 def fetch_usage(alert: UsageAlert) -> UsageData:
     """Fetch current usage of the alert's metric from the usage source (identity from the alert, numbers checked)."""
     try:

@@ -10,7 +10,7 @@ from tasks.runtime.policy import FETCH_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 
-@task(name="log_opportunity", **step_options(FETCH_STEP))
+@task(**step_options("log_opportunity", FETCH_STEP))
 def log_opportunity(opportunity: Opportunity) -> str:
     """Upsert the opportunity; logging the same event twice leaves one record."""
     store = resolve("store", get_settings()).client

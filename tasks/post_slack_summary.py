@@ -107,7 +107,7 @@ def build_withheld_notice(alert: UsageAlert, run_link: str, problems: list[str])
     return SlackPost(text=text, blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": text}}])
 
 
-@task(name="post_slack_summary", **step_options(FETCH_STEP))
+@task(**step_options("post_slack_summary", FETCH_STEP))
 def post_slack_summary(
     alert: UsageAlert,
     level: AutomationLevel,

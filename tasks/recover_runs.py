@@ -167,7 +167,7 @@ def recover(
     return "rescheduled"
 
 
-@task(name="recover_dead_runs", **step_options(FETCH_STEP))
+@task(**step_options("recover_dead_runs", FETCH_STEP))
 def recover_dead_runs(
     stale_after_s: float, max_attempts: int, backoff_s: float, flow_run_ids: list[UUID] | None = None
 ) -> dict[str, str]:

@@ -62,7 +62,7 @@ def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, pla
     )
 
 
-@task(name="send_email_draft", **step_options(SEND_STEP))
+@task(**step_options("send_email_draft", SEND_STEP))
 def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
     """Check the email, then send it once per event: a retry, a resume or a re-run never sends it again.
 

@@ -20,6 +20,8 @@ JITTER = 0.5
 FETCH_STEP: Final = "fetch-step"
 SEND_STEP: Final = "send-step"
 StepKind = Literal["fetch-step", "send-step"]
+#: The kind of every step, by task name (filled by `step_options`).
+STEP_KINDS: dict[str, StepKind] = {}
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -50,29 +52,31 @@ def retry_unless_permanent(_task: Any, _task_run: Any, state: Any) -> bool:
     return True
 
 
-def step_options(kind: StepKind) -> dict[str, Any]:
-    """Decorator options of a retrying, persisted step (results survive a suspend/resume), tagged with its kind.
+def step_options(name: str, kind: StepKind) -> dict[str, Any]:
+    """Decorator options of the retrying, persisted step `name` (results survive a suspend/resume) of `kind`.
 
     The timeout and retry delays here are the settings' defaults; `configured` applies the settings of the
-    running process when the flow calls the step, so nothing is read from the environment at import.
+    running process when the flow calls the step, so nothing is read from the environment at import. (The kind
+    is kept here, not as a task tag: a tagged task run takes a tag concurrency slot from the API each time.)
     """
+    STEP_KINDS[name] = kind
     defaults = UpsellSettings.model_fields
     timeout = defaults["send_timeout_s" if kind == SEND_STEP else "fetch_timeout_s"].default
     return {
+        "name": name,
         "retries": RETRIES,
         "retry_delay_seconds": exponential_backoff(backoff_factor=defaults["retry_base_delay_s"].default),
         "retry_jitter_factor": JITTER,
         "retry_condition_fn": retry_unless_permanent,
         "timeout_seconds": timeout,
         "persist_result": True,
-        "tags": [kind],
     }
 
 
 def configured(step: Task[P, R], settings: UpsellSettings | None = None) -> Task[P, R]:
     """`step` with the timeout of its kind and the retry delays of `settings` (read now when not given)."""
     settings = settings or get_settings()
-    timeout = settings.send_timeout_s if SEND_STEP in step.tags else settings.fetch_timeout_s
+    timeout = settings.send_timeout_s if STEP_KINDS.get(step.name) == SEND_STEP else settings.fetch_timeout_s
     return step.with_options(
         timeout_seconds=timeout,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_base_delay_s)(RETRIES),
