@@ -28,7 +28,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,9 +38,8 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from bench.upsells import answer_yes_until, create_upsells  # noqa: E402
-from deployments.stack import Stack, ensure_prefect_server, wait_for_deployments  # noqa: E402
-from webhook.ports import free_port  # noqa: E402
+from bench.upsells import answer_yes_until, create_upsells, own_prefect_server  # noqa: E402
+from deployments.stack import Stack, wait_for_deployments  # noqa: E402
 
 
 def start_serving(stack: Stack, api_url: str, data_dir: Path, processes: bool, n: int) -> subprocess.Popen[bytes]:
@@ -63,13 +61,8 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=600, help="How long to wait after the last kill.")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="upsell-crash-"))
-    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    stack = Stack(log_dir=work / "logs")
-    data_dir = work / "data"
-    try:
-        api_url, _ = ensure_prefect_server(stack, port=free_port())
-        os.environ["PREFECT_API_URL"] = api_url
+    with own_prefect_server("crash") as (work, stack, api_url):
+        data_dir = work / "data"
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
@@ -138,8 +131,6 @@ def main() -> None:
         print(f"outcomes: {dict(outcomes)}; recoveries made by the sweep: {recoveries}")
         print(f"all final {settled:.0f}s after the last kill" if settled < args.settle_s else
               f"NOT all final {args.settle_s:.0f}s after the last kill: {dict(states())}")  # fmt: skip
-    finally:
-        stack.stop()
 
 
 if __name__ == "__main__":

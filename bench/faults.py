@@ -27,7 +27,6 @@ import os
 import re
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,9 +38,8 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from bench.upsells import answer_yes_until, create_upsells, upsell_runs_among  # noqa: E402
-from deployments.stack import Stack, ensure_prefect_server, wait_for_deployments  # noqa: E402
-from webhook.ports import free_port  # noqa: E402
+from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, upsell_runs_among  # noqa: E402
+from deployments.stack import wait_for_deployments  # noqa: E402
 
 LABELS = {"send_email_draft": "email", "post_slack_summary": "Slack summary", "create_zoom_meeting": "Zoom meeting"}
 KILL_LINE = re.compile(r"UPSELL_FAULTS: killing process \d+ at (\S+) for event (\S+)")
@@ -56,13 +54,8 @@ def main() -> None:
     parser.add_argument("--max-attempts", type=int, default=50, help="Recoveries allowed per run.")
     parser.add_argument("--settle-s", type=float, default=2400, help="Give up after this long.")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="upsell-faults-"))
-    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    stack = Stack(log_dir=work / "logs")
-    data_dir = work / "data"
-    try:
-        api_url, _ = ensure_prefect_server(stack, port=free_port())
-        os.environ["PREFECT_API_URL"] = api_url
+    with own_prefect_server("faults") as (work, stack, api_url):
+        data_dir = work / "data"
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
@@ -176,8 +169,6 @@ def main() -> None:
             print(f"unknown outcomes of runs not final yet (not judged): {unfinished}")
         if missing:
             print(f"NOT flagged: {missing[:10]}")
-    finally:
-        stack.stop()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,35 @@
-"""What the crash benchmarks share: a batch of FULL_AUTOMATION upsells, and a customer who answers "yes"."""
+"""What the crash benchmarks share: a Prefect server of their own, a batch of FULL_AUTOMATION upsells, and a customer
+who answers "yes"."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from deployments.stack import Stack, ensure_prefect_server
+from webhook.ports import free_port
+
+
+@contextmanager
+def own_prefect_server(name: str) -> Iterator[tuple[Path, Stack, str]]:
+    """A new work folder, a `Stack` that stops by PID every process started on it, and a Prefect server of the
+    bench's own on a free port, which this process's Prefect clients use: (work folder, stack, API URL)."""
+    work = Path(tempfile.mkdtemp(prefix=f"upsell-{name}-"))
+    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
+    stack = Stack(log_dir=work / "logs")
+    try:
+        api_url, _ = ensure_prefect_server(stack, port=free_port())
+        os.environ["PREFECT_API_URL"] = api_url
+        yield work, stack, api_url
+    finally:
+        stack.stop()
 
 
 def create_upsells(prefix: str, n: int) -> tuple[list[Any], list[str]]:

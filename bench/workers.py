@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -32,9 +31,8 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from bench.upsells import answer_yes_until, create_upsells, upsell_runs_among  # noqa: E402
-from deployments.stack import Stack, ensure_prefect_server  # noqa: E402
-from webhook.ports import free_port  # noqa: E402
+from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, upsell_runs_among  # noqa: E402
+from deployments.stack import Stack  # noqa: E402
 
 
 def start_worker(stack: Stack, env: dict[str, str], n: int) -> subprocess.Popen[bytes]:
@@ -48,12 +46,7 @@ def main() -> None:
     parser.add_argument("--kill-after-s", type=float, default=6.0, help="Seconds after the runs are created.")
     parser.add_argument("--settle-s", type=float, default=900, help="Give up after this long.")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="upsell-workers-"))
-    os.environ["PREFECT_HOME"] = str(work / "prefect-home")
-    stack = Stack(log_dir=work / "logs")
-    try:
-        api_url, _ = ensure_prefect_server(stack, port=free_port())
-        os.environ["PREFECT_API_URL"] = api_url
+    with own_prefect_server("workers") as (work, stack, api_url):
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate
 
@@ -105,8 +98,6 @@ def main() -> None:
             seconds, how = noticed.get(run_id, (float("nan"), "never noticed"))
             print(f"  {run_id[:8]} ({at_kill[run_id]} at the kill): noticed after {seconds:.0f}s as {how}")
         print(f"outcomes: {dict(names)} ({time.monotonic() - killed:.0f}s after the kill)")
-    finally:
-        stack.stop()
 
 
 if __name__ == "__main__":
