@@ -1,13 +1,14 @@
 """Detection with `upsell-pool` workers: a worker (and every flow-run process it started) is SIGKILLed while
 upsells execute, as a lost machine would be; how long until each dead run is noticed, and does each finish?
 
-    python bench/workers.py [--runs 8] [--kill-after-s 6]
+    python bench/workers.py [--runs 8] [--kill-after-s 6] [--kill-when-running N]
 
 Starts its own Prefect server, creates the `upsell-pool` process work pool, runs `prefect deploy --all` with
 the project's `prefect.yaml` (heartbeats every 30 s through the pool's job variables), creates the
 zombie-detection automation (as `upsell serve` does), and starts `prefect worker start --pool upsell-pool`.
-Then `--runs` upsells at FULL_AUTOMATION ("yes" answered to every reply); `--kill-after-s` later the worker's
-whole process group is SIGKILLed and a new worker started. For every run that was Running or Pending at the
+Then `--runs` upsells at FULL_AUTOMATION ("yes" answered to every reply); `--kill-after-s` later (or, with
+`--kill-when-running N`, as soon as N runs are Running, their steps executing in the worker's flow-run processes)
+the worker's whole process group is SIGKILLed and a new worker started. For every run that was Running or Pending at the
 kill it prints when it was noticed (marked Crashed by the automation, or rescheduled by the `upsell-recovery`
 sweep, which the new worker runs on its schedule), and how the runs ended. Not part of the test suite;
 everything it starts is stopped by PID at the end.
@@ -40,10 +41,26 @@ def start_worker(stack: Stack, env: dict[str, str], n: int) -> subprocess.Popen[
     return stack.start(f"worker-{n}", args, env)
 
 
+def states_at_kill_moment(run_ids: list[str], latest: float, running: int) -> dict[str, str]:
+    """The runs' state names at the moment to kill: once `running` runs are Running (0: at `latest`), or `latest`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        while True:
+            states = {str(r.id): r.state.name for r in upsell_runs_among(client, run_ids) if r.state}
+            if running and Counter(states.values())["Running"] >= running or time.monotonic() >= latest:
+                return states
+            time.sleep(0.3 if running else max(0.0, min(1.0, latest - time.monotonic())))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--kill-after-s", type=float, default=6.0, help="Seconds after the runs are created.")
+    parser.add_argument(
+        "--kill-when-running", type=int, default=0,
+        help="Kill as soon as this many runs are Running (at the latest --kill-after-s after creation).",
+    )  # fmt: skip
     parser.add_argument("--settle-s", type=float, default=900, help="Give up after this long.")
     args = parser.parse_args()
     with own_prefect_server("workers") as (work, stack, api_url):
@@ -67,9 +84,7 @@ def main() -> None:
         created = time.monotonic()
         stop = threading.Event()
         answer_yes_until(stop, run_ids)
-        time.sleep(args.kill_after_s)
-        with get_client(sync_client=True) as client:
-            at_kill = {str(r.id): r.state.name for r in upsell_runs_among(client, run_ids) if r.state}
+        at_kill = states_at_kill_moment(run_ids, created + args.kill_after_s, args.kill_when_running)
         os.killpg(worker.pid, signal.SIGKILL)  # the worker and every flow-run process it started
         worker.wait()
         killed = time.monotonic()
