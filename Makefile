@@ -19,12 +19,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## Set up, start a local Prefect server, run the demo upsells, print the results
 	$(BIN)/upsell demo
 
-test: $(STAMP)  ## Set up, lint, type-check, check the layers and dead code, run the whole test suite (starts and stops its own servers)
+# The browser tests drive Debian's Chromium through Playwright (no browser download): installed when missing.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
+	  || ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium)
+
+test: $(STAMP) $(CHROMIUM)  ## Set up, lint, type-check, check the layers and dead code, run the whole test suite (starts and stops its own servers)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/vulture
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	UPSELL_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 lint: $(STAMP)  ## Lint, type-check, check the layers (import-linter) and dead code (vulture)
 	$(BIN)/ruff check .

@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from bench.upsells import answer_yes_until, create_upsells, own_prefect_server  # noqa: E402
+from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, state_label  # noqa: E402
 from deployments.stack import Stack, wait_for_deployments  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def main() -> None:
         def states() -> Counter[str]:
             with get_client(sync_client=True) as client:
                 runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["upsell"])), limit=200)
-            return Counter(r.state.name if r.state else "?" for r in runs if str(r.id) in run_ids)
+            return Counter(state_label(r.state) for r in runs if str(r.id) in run_ids)
 
         final = {"Completed", "Failed", "Cancelled"}
         while time.monotonic() - last_kill < args.settle_s:
@@ -105,7 +105,7 @@ def main() -> None:
             recoveries = sum(len(recovery_attempts(client, r.id)) for r in mine)  # type: ignore[arg-type]
             outcomes: Counter[str] = Counter()
             for r in mine:
-                status = r.state.name if r.state else "?"
+                status = state_label(r.state)
                 if r.state and r.state.is_completed():
                     try:  # the UpsellOutcome the run returned (persisted by the runner under PREFECT_HOME)
                         status = str(r.state.result(raise_on_failure=False).status)  # type: ignore[union-attr]

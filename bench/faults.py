@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, upsell_runs_among  # noqa: E402
+from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, state_label, upsell_runs_among  # noqa: E402
 from deployments.stack import wait_for_deployments  # noqa: E402
 
 LABELS = {"send_email_draft": "email", "post_slack_summary": "Slack summary", "create_zoom_meeting": "Zoom meeting"}
@@ -91,7 +91,7 @@ def main() -> None:
         while time.monotonic() - started < args.settle_s:
             with get_client(sync_client=True) as client:
                 current = mine(client)  # one read per round: the states and the crashed runs come from it
-            states = Counter(r.state.name if r.state else "?" for r in current)
+            states = Counter(state_label(r.state) for r in current)
             crashed = [r.id for r in current if r.state and r.state.is_crashed()]
             if set(states) <= final and sum(states.values()) == len(run_ids):
                 break
@@ -127,7 +127,7 @@ def main() -> None:
                 try:
                     outcomes[event] = UpsellOutcome.model_validate(r.state.result())  # type: ignore[union-attr]
                 except Exception:  # noqa: BLE001 - not Completed: the state name is the figure
-                    outcomes[event] = r.state.name if r.state else "?"
+                    outcomes[event] = state_label(r.state)
 
         def per_event(name: str, field: str) -> Counter[str]:
             path = data_dir / name

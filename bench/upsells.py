@@ -32,6 +32,14 @@ def own_prefect_server(name: str) -> Iterator[tuple[Path, Stack, str]]:
         stack.stop()
 
 
+def state_label(state: Any) -> str:
+    """A run's state for the figures: "Completed" for every finished upsell (whose state is named for its outcome:
+    Won, Declined, ...), else the state's name ("?" when it has none yet)."""
+    if state is None:
+        return "?"
+    return "Completed" if state.is_completed() else str(state.name)
+
+
 def create_upsells(prefix: str, n: int) -> tuple[list[Any], list[str]]:
     """`n` upsell runs of the served `upsell/upsell` deployment, one fresh account each: (alerts, run ids)."""
     from prefect.client.orchestration import get_client

@@ -41,14 +41,15 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # `python bench/waiting.py` from anywhere finds the project packages
 
+from bench.upsells import state_label  # noqa: E402
 from deployments.stack import (  # noqa: E402 - stack.py does not import prefect, so PREFECT_HOME can still be set
     Stack,
     base_env,
     ensure_prefect_server,
-    free_port,
     start_runner,
     wait_for_deployments,
 )
+from webhook.ports import free_port  # noqa: E402
 
 SECRET = "bench-waiting-secret-0123456789"
 DEPLOYMENTS = ["upsell/upsell", "reply-timeouts/reply-timeouts", "upsell-backfill/upsell-backfill"]
@@ -298,9 +299,9 @@ async def wait_all_waiting(client: Any, url: str, items: list[Tracked], timeout_
                     item.waiting = True
                 else:
                     item.problems.append(f"waits for {state.state_details.pause_key!r}, not 'reply'")
-                    item.final_state = state.name
+                    item.final_state = state_label(state)
             elif state is not None and state.is_final():
-                item.final_state = state.name
+                item.final_state = state_label(state)
                 item.problems.append(f"ended {state.name} before waiting: {state.message}")
         if time.monotonic() - last_report > 15:
             last_report = time.monotonic()
@@ -375,7 +376,7 @@ async def wait_all_final(client: Any, items: list[Tracked], timeout_s: float, lo
             item, state = by_id[str(run.id)], run.state
             if state is None or not state.is_final():
                 continue
-            item.final_state = state.name
+            item.final_state = state_label(state)
             end = run.end_time or state.timestamp
             item.end_time = end.timestamp() if end else time.time()
             if state.is_completed():

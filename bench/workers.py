@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
-from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, upsell_runs_among  # noqa: E402
+from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, state_label, upsell_runs_among  # noqa: E402
 from deployments.stack import Stack  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def states_at_kill_moment(run_ids: list[str], latest: float, running: int) -> di
 
     with get_client(sync_client=True) as client:
         while True:
-            states = {str(r.id): r.state.name for r in upsell_runs_among(client, run_ids) if r.state}
+            states = {str(r.id): state_label(r.state) for r in upsell_runs_among(client, run_ids) if r.state}
             if running and Counter(states.values())["Running"] >= running or time.monotonic() >= latest:
                 return states
             time.sleep(0.3 if running else max(0.0, min(1.0, latest - time.monotonic())))
@@ -102,7 +102,7 @@ def main() -> None:
                 if run_id in executing and run_id not in noticed and state and state.name not in (
                         "Running", "Pending", "Submitting"):  # fmt: skip
                     noticed[run_id] = (time.monotonic() - killed, f"{state.name}: {(state.message or '')[:70]}")
-            names = Counter(r.state.name if r.state else "?" for r in runs)
+            names = Counter(state_label(r.state) for r in runs)
             if set(names) <= final:
                 break
             print(f"  {time.monotonic() - killed:5.0f}s after the kill: {dict(names)}")

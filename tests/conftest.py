@@ -9,6 +9,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 # Before Prefect is imported: no telemetry (no outside network here), a private PREFECT_HOME, quick retries.
@@ -31,9 +32,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server() -> Iterator[str]:
-    """One Prefect test server (SQLite) for the session; yields its API URL."""
-    with prefect_test_harness(server_startup_timeout=60):
+    """One Prefect test server (SQLite) for the session; yields its API URL.
+
+    The harness puts its database in a new temporary folder: in memory (/dev/shm) where the machine has one, since
+    every state change of every run is a write and the suite makes thousands of them.
+    """
+    with ExitStack() as stack:
+        with _temporary_files_in_memory():
+            stack.enter_context(prefect_test_harness(server_startup_timeout=60))
         yield str(PREFECT_API_URL.value())
+
+
+@contextmanager
+def _temporary_files_in_memory() -> Iterator[None]:
+    """New temporary folders go to /dev/shm while inside, when the machine has it."""
+    shm = Path("/dev/shm")
+    previous = tempfile.tempdir
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        tempfile.tempdir = str(shm)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,8 @@ contract dates, contact name and title, contract notes; the usage answer's metri
 recommended plan, justification, features, ROI and risk. The runs go through the real anthropic SDK, slack-sdk
 and httpx against the local fakes, and the email through the file outbox (the `.eml` the SES sender would send).
 Each string on its own, in each field on its own, is built into an email and a Slack post without Prefect in
-`tests/test_untrusted.py`; this test proves the same of the real flow, at a third of the runs.
+`tests/test_untrusted.py`; this test proves the same of the real flow, at a sixth of the runs (each run is
+about 3 CPU seconds of Prefect's engine, so the group size sets this test's time).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from tests.hostile_corpus import CORPUS
 from tests.support import find_run_id, read_run, resume, saved_blocks, wait_until_paused
 
 TOKEN = "usage-token-hostile"
-GROUP = 3  # corpus strings per upsell run
+GROUP = 6  # corpus strings per upsell run
 PROMPT_TAGS = ("usage_data", "contract_data", "plan_catalogue")
 
 
@@ -308,7 +309,9 @@ def test_a_reviewer_edit_with_a_foreign_link_is_withheld_and_goes_to_review(fake
     assert (outcome.status, outcome.email_status, outcome.email_sent) == (UpsellStatus.NEEDS_REVIEW, "blocked", False)
     assert outcome.reviewer_note.startswith("email withheld by the safety check: text part: a link")
     assert not (data_dir / "outbox" / f"{alert.event_id}-email.eml").exists()
-    [summary] = [m for m in fakes.slack.messages if alert.account_id in m.get("text", "")]
+    # the reviewer was told the email waited for approval, then the summary says it was withheld
+    notice, summary = [m for m in fakes.slack.messages if alert.account_id in m.get("text", "")]
+    assert notice["text"].startswith("Decision needed") and "attacker" not in str(notice)
     fields = [f["text"] for block in summary["blocks"] for f in block.get("fields", [])]
     assert "*Email*\nblocked" in fields and "attacker" not in str(summary)  # the team is told
     logged = SqliteOpportunityStore(data_dir / "upsell.db").get_opportunity(alert.event_id)
