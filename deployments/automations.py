@@ -24,16 +24,10 @@ def zombie_automation() -> Automation:
         " the upsell-recovery sweep then reschedules them.",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            # a wait ends the heartbeats on purpose: Suspended and Paused count as an answer, as final states do
-            expect={
-                "prefect.flow-run.heartbeat",
-                "prefect.flow-run.Completed",
-                "prefect.flow-run.Failed",
-                "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed",
-                "prefect.flow-run.Suspended",
-                "prefect.flow-run.Paused",
-            },
+            # any event of the run answers: its next heartbeat, a wait (Suspended and Paused end the heartbeats on
+            # purpose) or a final state, whatever its name (a finished upsell is named for its outcome: Won,
+            # Declined, ...; the event is `prefect.flow-run.<state name>`). A dead process sends none.
+            expect={"prefect.flow-run.*"},
             match={"prefect.resource.id": ["prefect.flow-run.*"]},
             # runs of the upsell flow's deployments only (served with 30 s heartbeats; a direct call beats every 180 s)
             match_related=[
@@ -55,10 +49,15 @@ def zombie_automation() -> Automation:
 
 
 async def ensure_zombie_automation() -> bool:
-    """Create the automation unless one of that name exists; True when it was created now."""
+    """Create the automation unless one of that name exists (one saved by an earlier version, with another
+    trigger, is brought up to date); True when it was created now."""
+    wanted = zombie_automation()
     try:
-        await Automation.aread(name=ZOMBIE_AUTOMATION)
-        return False
+        saved = await Automation.aread(name=ZOMBIE_AUTOMATION)
     except ValueError:  # not found
-        await zombie_automation().acreate()
+        await wanted.acreate()
         return True
+    if saved.trigger != wanted.trigger:
+        saved.trigger = wanted.trigger
+        await saved.aupdate()
+    return False

@@ -8,10 +8,13 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
+
+if TYPE_CHECKING:
+    from deployments.stack import Stack
 
 app = typer.Typer(
     name="upsell",
@@ -47,32 +50,39 @@ def demo(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deployments.demo import format_table, run_demo
-    from deployments.stack import Stack, ensure_prefect_server, start_runner, wait_for_deployments
+    from deployments.stack import (
+        Stack,
+        ensure_prefect_server,
+        interrupted_by_stop_signals,
+        start_runner,
+        wait_for_deployments,
+    )
     from tasks.runtime.settings import get_settings
 
     settings = get_settings()
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
     stack = Stack(log_dir=settings.data_dir / "logs")
     started = time.monotonic()
-    try:
-        api_url, own_server = ensure_prefect_server(stack)
-        log(f"Prefect API: {api_url}" + (" (started by this command)" if own_server else ""))
-        if not external_workers:
-            start_runner(stack, api_url, sweep_interval_s=0, poll_s=1)
-        wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
-        log(
-            "Deployments "
-            + ("run by the upsell-pool workers" if external_workers else "served")
-            + ": upsell/upsell, reply-timeouts/reply-timeouts"
-        )
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process talks to the same API
-            rows = asyncio.run(run_demo(api_url, timeout_s=timeout, log=log))
-    except (RuntimeError, TimeoutError) as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        if keep_server:
-            stack.processes = [p for p in stack.processes if p[0] != "prefect-server"]
-        stack.stop()
+    with interrupted_by_stop_signals():  # `kill` stops the processes it started, as Ctrl-C does
+        try:
+            api_url, own_server = ensure_prefect_server(stack)
+            log(f"Prefect API: {api_url}" + (" (started by this command)" if own_server else ""))
+            if not external_workers:
+                start_runner(stack, api_url, sweep_interval_s=0, poll_s=1)
+            wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
+            log(
+                "Deployments "
+                + ("run by the upsell-pool workers" if external_workers else "served")
+                + ": upsell/upsell, reply-timeouts/reply-timeouts"
+            )
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process talks to the same API
+                rows = asyncio.run(run_demo(api_url, timeout_s=timeout, log=log))
+        except (RuntimeError, TimeoutError) as exc:
+            raise _fail(str(exc)) from exc
+        finally:
+            if keep_server:
+                stack.processes = [p for p in stack.processes if p[0] != "prefect-server"]
+            stack.stop()
     elapsed = time.monotonic() - started
     standins = sorted({s for r in rows for s in (r["standins"] or [])})
     if as_json:
@@ -90,77 +100,65 @@ def demo(
         raise typer.Exit(code=1)
 
 
-@app.command()
-def up(
-    receiver_port: Annotated[int, typer.Option(help="Port of the receiver.")] = 8000,
-    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (when it starts one).")] = 4200,
-) -> None:
-    """Start the local stack: Prefect server + UI (unless PREFECT_API_URL is set), the served deployments and
-    the receiver; print the URLs and a signed curl example; Ctrl-C stops every process it started."""
+def _webhook_secret(data_dir: Path) -> str:
+    """The secret `upsell up` signs alerts with: UPSELL_WEBHOOK_SECRETS' first, else a development one kept in
+    the data folder (so links and scripts survive restarts); none when unsigned alerts are allowed."""
     import secrets as random_secrets
-    import sys
 
+    secret = os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[0].strip()
+    if secret or os.environ.get("UPSELL_WEBHOOK_INSECURE_DEV", "").lower() in ("1", "true", "yes"):
+        return secret
+    secret_file = _dev_secret_file(data_dir)
+    if not secret_file.exists():
+        secret_file.parent.mkdir(parents=True, exist_ok=True)
+        secret_file.write_text(random_secrets.token_urlsafe(32))
+        secret_file.chmod(0o600)
+    typer.echo(f"Using the development webhook secret in {secret_file} (set UPSELL_WEBHOOK_SECRETS to override)")
+    return secret_file.read_text().strip()
+
+
+def _wait_for_receiver(stack: Stack, receiver: str, timeout_s: float = 60) -> None:
+    """Block until the receiver `up` started answers its health check (or say why it stopped)."""
     import httpx
 
-    from deployments.stack import Stack, ensure_prefect_server, port_is_free, start_runner, wait_for_deployments
-    from tasks.runtime.settings import get_settings
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{receiver}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if stack.processes[-1][1].poll() is not None:
+            raise RuntimeError(f"the receiver exited:\n{stack.log_tail('receiver')}")
+        time.sleep(0.5)
+    raise TimeoutError("the receiver did not answer /healthz")
+
+
+def _up_banner(api_url: str, own_server: bool, receiver: str, links: str, log_dir: Path, secret: str) -> str:
+    """What `upsell up` prints once everything answers: where things are and a signed alert to try."""
     from tasks.runtime.signing import sign
 
-    settings = get_settings()
-    if not port_is_free(receiver_port):
-        raise _fail(f"port {receiver_port} is in use: is `upsell up` already running? (nothing was started)")
-    secret = os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[0].strip()
-    if not secret and os.environ.get("UPSELL_WEBHOOK_INSECURE_DEV", "").lower() not in ("1", "true", "yes"):
-        secret_file = _dev_secret_file(settings.data_dir)
-        if not secret_file.exists():  # a development secret, kept so links and scripts survive restarts
-            secret_file.parent.mkdir(parents=True, exist_ok=True)
-            secret_file.write_text(random_secrets.token_urlsafe(32))
-            secret_file.chmod(0o600)
-        secret = secret_file.read_text().strip()
-        typer.echo(f"Using the development webhook secret in {secret_file} (set UPSELL_WEBHOOK_SECRETS to override)")
-    stack = Stack(log_dir=settings.data_dir / "logs")
-    try:
-        api_url, own_server = ensure_prefect_server(stack, prefect_port)
-        start_runner(stack, api_url)
-        wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
-        receiver_env = {**os.environ, "PREFECT_API_URL": api_url, "UPSELL_PORT": str(receiver_port)}
-        if secret:
-            receiver_env["UPSELL_WEBHOOK_SECRETS"] = ",".join(
-                [secret, *os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[1:]]
-            ).strip(",")
-        stack.start("receiver", [sys.executable, "-m", "webhook"], receiver_env)
-        receiver = f"http://127.0.0.1:{receiver_port}"
-        for _ in range(120):
-            try:
-                if httpx.get(f"{receiver}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if stack.processes[-1][1].poll() is not None:
-                raise RuntimeError(f"the receiver exited:\n{stack.log_tail('receiver')}")
-            time.sleep(0.5)
-        else:
-            raise TimeoutError("the receiver did not answer /healthz")
-        ui_url = api_url.rstrip("/").removesuffix("/api")
-        body = json.dumps(
-            {
-                "event_id": f"curl-{int(time.time())}",
-                "account_id": "12345",
-                "metric_type": "trade_volume",
-                "current_value": 150,
-                "threshold": 100,
-                "severity": "high",
-            },
-            separators=(",", ":"),
-        )
-        signature = f"-H 'X-Upsell-Signature: {sign(body.encode(), secret)}' " if secret else ""
-        typer.echo(f"""
+    ui_url = api_url.rstrip("/").removesuffix("/api")
+    body = json.dumps(
+        {
+            "event_id": f"curl-{int(time.time())}",
+            "account_id": "12345",
+            "metric_type": "trade_volume",
+            "current_value": 150,
+            "threshold": 100,
+            "severity": "high",
+        },
+        separators=(",", ":"),
+    )
+    signature = f"-H 'X-Upsell-Signature: {sign(body.encode(), secret)}' " if secret else ""
+    return f"""
 Prefect UI      {ui_url}{" (started here)" if own_server else ""}
 Prefect API     {api_url}
 Receiver        {receiver}   (API docs: {receiver}/docs, health: {receiver}/healthz)
+Links sent      {links}   (in the emails and Slack messages; set UPSELL_PUBLIC_BASE_URL to change)
 Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-recovery (every minute),
                 upsell-backfill (daily)
-Logs            {stack.log_dir}/
+Logs            {log_dir}/
 
 Send the seed alert (signature valid for 5 minutes):
   curl -sS -X POST {receiver}/alerts -H 'Content-Type: application/json' {signature}--data '{body}'
@@ -168,17 +166,62 @@ Send the seed alert (signature valid for 5 minutes):
 Sign your own: t=$(date +%s); sig=$(printf '%s.%s' "$t" "$BODY" | openssl dgst -sha256 -hmac "$SECRET" | cut -d' ' -f2)
   -H "X-Upsell-Signature: t=$t,v1=$sig"
 
-Press Ctrl-C to stop everything started here.""")
-        while all(process.poll() is None for _name, process in stack.processes):
-            time.sleep(1)
-        dead = [name for name, process in stack.processes if process.poll() is not None]
-        raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly; see {stack.log_dir}/")
-    except KeyboardInterrupt:
-        typer.echo("\nStopping...")
-    except (RuntimeError, TimeoutError) as exc:
-        raise _fail(str(exc)) from exc
-    finally:
-        stack.stop()
+Press Ctrl-C to stop everything started here."""
+
+
+@app.command()
+def up(
+    receiver_port: Annotated[
+        int | None, typer.Option(help="Port of the receiver (default UPSELL_PORT, else 8000); the links follow it.")
+    ] = None,
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect server (when it starts one).")] = 4200,
+) -> None:
+    """Start the local stack: Prefect server + UI (unless PREFECT_API_URL is set), the served deployments and
+    the receiver; print the URLs and a signed curl example; Ctrl-C (or SIGTERM) stops every process it started."""
+    import sys
+
+    from deployments.stack import (
+        Stack,
+        base_env,
+        ensure_prefect_server,
+        interrupted_by_stop_signals,
+        port_is_free,
+        start_runner,
+        wait_for_deployments,
+    )
+    from tasks.runtime.settings import get_settings
+
+    settings = get_settings()
+    port = settings.port if receiver_port is None else receiver_port
+    if not port_is_free(port):
+        raise _fail(f"port {port} is in use: is `upsell up` already running? (nothing was started)")
+    secret = _webhook_secret(settings.data_dir)
+    stack = Stack(log_dir=settings.data_dir / "logs")
+    with interrupted_by_stop_signals():
+        try:
+            api_url, own_server = ensure_prefect_server(stack, prefect_port)
+            start_runner(stack, api_url, receiver_port=port)
+            wait_for_deployments(api_url, ["upsell/upsell", "reply-timeouts/reply-timeouts"], stack)
+            receiver_env = base_env(api_url, receiver_port=port)
+            if secret:
+                receiver_env["UPSELL_WEBHOOK_SECRETS"] = ",".join(
+                    [secret, *os.environ.get("UPSELL_WEBHOOK_SECRETS", "").split(",")[1:]]
+                ).strip(",")
+            stack.start("receiver", [sys.executable, "-m", "webhook"], receiver_env)
+            receiver = f"http://127.0.0.1:{port}"
+            _wait_for_receiver(stack, receiver)
+            links = settings.with_port(port).public_base_url
+            typer.echo(_up_banner(api_url, own_server, receiver, links, stack.log_dir, secret))
+            while all(process.poll() is None for _name, process in stack.processes):
+                time.sleep(1)
+            dead = [name for name, process in stack.processes if process.poll() is not None]
+            raise RuntimeError(f"{', '.join(dead)} stopped unexpectedly; see {stack.log_dir}/")
+        except KeyboardInterrupt:
+            typer.echo(f"\nStopping {', '.join(name for name, _process in reversed(stack.processes))}...")
+        except (RuntimeError, TimeoutError) as exc:
+            raise _fail(str(exc)) from exc
+        finally:
+            stack.stop()
     typer.echo("Stopped every process started by `upsell up`.")
 
 
@@ -206,42 +249,99 @@ def serve(
     serve_main(args)
 
 
+#: What a person is asked at each checkpoint, as `upsell trigger` explains an automation level.
+CHECKPOINT_ASKS = {
+    "approve-email": "approve the email before it is sent",
+    "review": "review the upsell once the customer replies",
+    "approve-meeting": "approve the meeting",
+    "approve-opportunity": "approve the opportunity and its value before it is logged",
+}
+
+
+def describe_level(level: str) -> str:
+    """The automation level in plain words: what it does on its own and what it asks a person."""
+    from flows.approvals import Checkpoint, asks
+    from flows.models import AutomationLevel
+
+    asked = [CHECKPOINT_ASKS.get(c.value, c.value) for c in Checkpoint if asks(AutomationLevel(level), c)]
+    if not asked:
+        return f"{level}: runs on its own, no approval asked"
+    return f"{level}: asks a reviewer to " + ", then to ".join(asked)
+
+
+def triggered_run(run: Any, run_url: str) -> dict[str, str]:
+    """What `upsell trigger` tells of the run, from the run's own parameters (a repeated alert gets the first
+    run back): its id, the name it takes when it starts, its page, its automation level, its alert."""
+    from flows.models import UsageAlert
+
+    alert = UsageAlert.model_validate(run.parameters["alert"])
+    return {"flow_run_id": str(run.id), "name": alert.run_name, "url": run_url,
+            "automation_level": run.parameters["automation_level"], "account_id": alert.account_id,
+            "event_id": alert.event_id}  # fmt: skip
+
+
+def describe_trigger(run: Any, shown: dict[str, str]) -> str:
+    """What `upsell trigger` prints: which run, where to watch it, and how to answer what it will wait for."""
+    from prefect.client.schemas.objects import StateType
+
+    if run.state is None or run.state.type is StateType.SCHEDULED:
+        first = f"Started upsell run '{shown['name']}' for account {shown['account_id']} (alert {shown['event_id']})."
+    else:
+        first = f"Alert {shown['event_id']} already has an upsell: run '{shown['name']}', now {run.state.name}."
+    return f"""{first}
+Automation   {describe_level(shown['automation_level'])}
+Watch it     {shown['url']}
+Follow it    upsell runs   (its state and what it waits for)
+             upsell approve {run.id}   (when it waits for a reviewer)
+             upsell reply {run.id} yes|no|maybe   (answer for the customer, e.g. when testing)
+Run id       {run.id}"""
+
+
 @app.command()
 def trigger(
     account_id: Annotated[str, typer.Argument(help="Account id, e.g. 12345.")],
     event_id: Annotated[str, typer.Argument(help="Unique alert id; a repeat returns the same run.")],
     metric: Annotated[str, typer.Option(help="Metric type.")] = "trade_volume",
-    level: Annotated[str | None, typer.Option(help="FULL_AUTOMATION, HYBRID or HUMAN_INTERVENTION.")] = None,
+    level: Annotated[
+        str | None, typer.Option(help="FULL_AUTOMATION, HYBRID or HUMAN_INTERVENTION (default: from the severity).")
+    ] = None,
     severity: Annotated[str, typer.Option(help="low, medium, high or critical.")] = "high",
     value: Annotated[float | None, typer.Option(help="Current value of the metric.")] = None,
     threshold: Annotated[float | None, typer.Option(help="Threshold the value crossed.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON (id, name, link, level).")] = False,
 ) -> None:
-    """Start an upsell for one alert through the `upsell` deployment (once per event id)."""
+    """Start an upsell for one alert through the `upsell` deployment (once per event id); print the run's name,
+    its page in the Prefect UI, its automation level and how to follow it."""
+    import httpx
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
-    from flows.api import UpsellRequestError, trigger_upsell_workflow
+    from flows.api import UpsellRequestError, build_alert, create_upsell_run
     from flows.models import Severity, automation_level_for
+    from tasks.post_slack_summary import run_url
+    from tasks.runtime.settings import get_settings
 
-    async def go() -> str:
+    settings = get_settings()
+
+    async def go() -> Any:
+        chosen = level or automation_level_for(Severity(severity), settings.severity_levels).value
+        alert, checked = build_alert(account_id, event_id, metric, chosen, current_value=value,
+                                     threshold=threshold, severity=severity)  # fmt: skip
         async with get_client() as client:
-            chosen = level or automation_level_for(Severity(severity)).value
-            return str(
-                await trigger_upsell_workflow(
-                    client,
-                    account_id,
-                    event_id,
-                    chosen,
-                    metric,
-                    current_value=value,
-                    threshold=threshold,
-                    severity=severity,
-                )
-            )
+            return await create_upsell_run(client, alert, checked, deployment_name=settings.deployment_name)
 
     try:
-        typer.echo(asyncio.run(go()))
+        run = asyncio.run(go())
     except (UpsellRequestError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    except ObjectNotFound:
+        raise _fail(
+            f"the {settings.deployment_name} deployment is not served: start `upsell up` (or `upsell serve`) first"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"the Prefect API does not answer ({exc}): start `upsell up` or set PREFECT_API_URL") from None
+    shown = triggered_run(run, run_url(str(run.id)))
+    typer.echo(json.dumps(shown) if as_json else describe_trigger(run, shown))
 
 
 @app.command()
@@ -272,7 +372,13 @@ def approve(
     value: Annotated[float | None, typer.Option(help="Estimated value (review/opportunity waits).")] = None,
     note: Annotated[str, typer.Option(help="Reviewer note.")] = "",
     subject: Annotated[str, typer.Option(help="Edited email subject (email approval).")] = "",
-    body: Annotated[Path | None, typer.Option(help="File with the edited plain-text body (email approval).")] = None,
+    body: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with the edited message (email approval; the answer links, signature and unsubscribe"
+            " footer are added when it is sent)."
+        ),
+    ] = None,
 ) -> None:
     """Answer whatever approval the run is waiting for (email, review, meeting or opportunity)."""
     from prefect.client.orchestration import get_client
@@ -299,6 +405,22 @@ def approve(
     except (UpsellRequestError, NotWaitingError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"{'Rejected' if reject else 'Approved'} {kind} of {flow_run_id}")
+
+
+#: The columns of `upsell runs`: heading, and the row's key.
+RUNS_COLUMNS = [("Run", "name"), ("State", "state"), ("Waiting for", "waiting_for"), ("Age (h)", "age_h"),
+                ("Run id", "flow_run_id"), ("Health", "health")]  # fmt: skip
+
+
+def runs_table(rows: list[dict[str, Any]]) -> str:
+    """`upsell runs` as a table with a header row, each column as wide as its longest cell."""
+    cells = [[heading for heading, _key in RUNS_COLUMNS]]
+    cells += [["-" if row[key] is None else str(row[key]) for _heading, key in RUNS_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(RUNS_COLUMNS) - 1)]
+    return "\n".join(
+        "  ".join([*(cell.ljust(width) for cell, width in zip(line, widths, strict=False)), line[-1]]).rstrip()
+        for line in cells
+    )
 
 
 @app.command()
@@ -354,11 +476,8 @@ def runs(
         return
     if not rows:
         typer.echo("No open upsells.")
-    for r in rows:
-        typer.echo(
-            f"{r['name']:<60} {r['state']:<10} {r['waiting_for'] or '-':<20} {r['age_h']:>8} h  {r['flow_run_id']}"
-            f"  {r['health']}"
-        )
+        return
+    typer.echo(runs_table(rows))
 
 
 @app.command()

@@ -142,7 +142,8 @@ async def _drive(client: PrefectClient, runs: list[DemoRun], timeout_s: float, l
                 pending = True
                 continue
             if state.is_final():
-                run.state = state.name or state.type.value
+                # a finished upsell is named for its outcome (Won, Declined, ...); its type is what is checked
+                run.state = "Completed" if state.is_completed() else (state.name or state.type.value)
                 if state.is_completed():
                     run.outcome = UpsellOutcome.model_validate(await state.aresult())
                 log(f"  {run.alert.event_id}: {state.name}")

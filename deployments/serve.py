@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,11 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import TerminationSignal
 from prefect.logging import get_logger
 from prefect.runner import Runner
+from prefect.settings import PREFECT_API_URL
 
 from blocks.limits import ensure_rate_limits
 from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
+from deployments.stack import api_is_up
 from flows.backfill import upsell_backfill
 from flows.recovery import upsell_recovery
 from flows.reply_timeouts import reply_timeouts
@@ -44,6 +49,59 @@ DEFAULT_LIMIT = 400
 DEFAULT_PROCESS_LIMIT = 8  # each flow-run process is ~150 MiB and 1.5 s of CPU to start
 #: Of the runs in flight (threads), how many execute their steps at once; the others are Running and queued.
 DEFAULT_EXECUTING = 8
+#: Longest a stop asked by SIGTERM takes: Prefect's graceful stop (in-flight runs stopped and recorded, schedules
+#: paused), then an exit. Below `deployments.stack.STOP_TIMEOUT_S`, so `upsell up` never has to SIGKILL it.
+STOP_GRACE_S = 15.0
+
+logger = get_logger("upsell.serve")
+
+
+class BoundedStop(Runner):
+    """A runner whose stop on SIGTERM ends within `stop_grace_s`.
+
+    Prefect's runner stops gracefully on SIGTERM: it stops the flow runs in flight and records them, then pauses
+    the served deployments' schedules, each through the API with the client's retries. With the API gone (the
+    Prefect server stopped first) that is more than a minute of retries, during which the process holds on.
+    Here the schedules are left alone when the API does not answer, and whatever is still running at the
+    deadline is left as a crash would leave it: the runs stop sending heartbeats, and the zombie automation and
+    the upsell-recovery sweep take them over. A second SIGTERM exits at once.
+    """
+
+    stop_grace_s: float = STOP_GRACE_S
+    _stop_asked: bool = False
+
+    def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+        if self._stop_asked:
+            _exit_now("a second stop signal")
+        self._stop_asked = True
+        api_url = PREFECT_API_URL.value()
+        if self.pause_on_shutdown and not (api_url and api_is_up(api_url, timeout_s=1)):
+            logger.warning("The Prefect API does not answer: stopping without pausing the schedules")
+            self.pause_on_shutdown = False
+        logger.info("Stopping: the runs in flight are stopped and recorded (at most %.0f s)", self.stop_grace_s)
+        late = f"still stopping after {self.stop_grace_s:.0f} s"
+        deadline = threading.Timer(self.stop_grace_s, _exit_now, args=(late,))
+        deadline.daemon = True
+        deadline.start()
+        super().handle_sigterm(*args, **kwargs)
+
+
+def _exit_now(why: str) -> None:
+    """End the process without waiting for the runner (the runs it leaves are found as a crash's would be)."""
+    logger.warning("Exiting now (%s); runs still in flight are recovered by the upsell-recovery sweep", why)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+class ProcessRunner(BoundedStop):
+    """Prefect's runner (one process per flow run), with the bounded stop."""
+
+
+if InProcessRunner is not None:
+
+    class ThreadRunner(BoundedStop, InProcessRunner):
+        """The in-process runner (flow runs in threads), with the bounded stop."""
 
 
 def declared_deployments() -> list[dict[str, Any]]:
@@ -137,15 +195,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.sweep_interval and asyncio.run(ensure_zombie_automation()):
         print("Created the upsell-crash-zombie-runs automation (runs without heartbeats are marked Crashed)")  # noqa: T201
     if not args.processes and InProcessRunner is None:
-        get_logger("upsell.serve").warning(
+        logger.warning(
             "The in-process runner is unavailable (%s); serving with Prefect's process runner", IN_PROCESS_UNAVAILABLE
         )
         args.processes = True
     limit = args.limit or (DEFAULT_PROCESS_LIMIT if args.processes else DEFAULT_LIMIT)
     runner = (
-        Runner(pause_on_shutdown=True, limit=limit, heartbeat_seconds=HEARTBEAT_S)
+        ProcessRunner(pause_on_shutdown=True, limit=limit, heartbeat_seconds=HEARTBEAT_S)
         if args.processes
-        else InProcessRunner(
+        else ThreadRunner(
             pause_on_shutdown=True, limit=limit, executing=args.executing, heartbeat_seconds=HEARTBEAT_S
         )
     )
@@ -165,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(runner.start())
     except (KeyboardInterrupt, TerminationSignal) as exc:
-        get_logger("upsell.serve").info("Received %s, shutting down...", type(exc).__name__)
+        logger.info("Received %s, shutting down...", type(exc).__name__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Starting and stopping the local processes: a Prefect server (SQLite) and the deployment runner."""
+"""Starting and stopping the local processes: a Prefect server (SQLite) and the deployment runner.
+
+Imports nothing of Prefect (the benchmarks set PREFECT_HOME after importing it).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
 DEFAULT_PREFECT_PORT = 4200
+#: How long one process of the stack gets to stop after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 20.0
+#: The signals that stop a command holding a stack: Ctrl-C, `kill`, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def api_is_up(api_url: str, timeout_s: float = 2.0) -> bool:
@@ -59,23 +70,71 @@ class Stack:
         path = self.log_dir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def stop(self) -> None:
-        for _name, process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _name, process in reversed(self.processes):
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self.processes.clear()
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the processes in reverse start order, each gone before the next is asked: a process may need the
+        ones started before it to stop cleanly (the runner pauses its schedules through the Prefect server).
+
+        A signal arriving meanwhile (a second Ctrl-C) is ignored: stopping halfway would leave ports held.
+        """
+        with _signals_ignored():
+            for _name, process in reversed(self.processes):
+                _stop_group(process, timeout_s)
+            self.processes.clear()
 
 
-def base_env(api_url: str) -> dict[str, str]:
+def _stop_group(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM the process group a stack process leads, SIGKILL it after `timeout_s`, and reap the leader."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:  # it ended between the poll and the signal
+        process.wait()
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def interrupted_by_stop_signals() -> Iterator[None]:
+    """Inside the block, SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C does, so `kill <pid>` (a service
+    manager, a closed terminal) runs the same `finally: stack.stop()` and leaves no process of the stack behind.
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def base_env(api_url: str, receiver_port: int | None = None) -> dict[str, str]:
+    """The environment of a process of the stack: this one's, with the Prefect API, and the receiver's port when
+    known, so that the receiver and the runs agree on its address (the links of the emails and Slack messages
+    follow UPSELL_PORT unless UPSELL_PUBLIC_BASE_URL is set: `tasks.runtime.settings`)."""
     env = dict(os.environ)
     env["PREFECT_API_URL"] = api_url
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if receiver_port is not None:
+        env["UPSELL_PORT"] = str(receiver_port)
     return env
 
 
@@ -123,11 +182,13 @@ def start_runner(
     *,
     sweep_interval_s: int = 300,
     poll_s: int = 2,
+    receiver_port: int | None = None,
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Serve the deployments (`python -m deployments.serve`, with `extra_args` added) in a child process."""
-    env = base_env(api_url)
+    """Serve the deployments (`python -m deployments.serve`, with `extra_args` added) in a child process; the
+    links its runs send point at the receiver on `receiver_port` (unless UPSELL_PUBLIC_BASE_URL is set)."""
+    env = base_env(api_url, receiver_port)
     env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(poll_s)
     env.update(extra_env or {})
     return stack.start(

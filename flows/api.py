@@ -99,6 +99,7 @@ async def create_upsell_run(
     return await client.create_flow_run_from_deployment(
         deployment_id,
         parameters=parameters,
+        name=alert.run_name,  # the name the run keeps (the flow's run name), shown from the start
         idempotency_key=f"upsell:{alert.event_id}",
         tags=run_tags(alert, level),
     )

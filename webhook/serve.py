@@ -9,6 +9,7 @@ import time
 
 import uvicorn
 
+from tasks.runtime.settings import DEFAULT_RECEIVER_PORT
 from webhook.main import create_app
 from webhook.ports import free_port
 from webhook.settings import ReceiverSettings
@@ -32,13 +33,12 @@ def serve_receiver(settings: ReceiverSettings | None = None) -> None:
     uvicorn.Server(_config(settings)).run()
 
 
-
 class ReceiverThread:
     """The real receiver under uvicorn in a daemon thread, on a free port; `stop()` shuts it down cleanly."""
 
     def __init__(self, settings: ReceiverSettings) -> None:
-        if settings.port == 0 or settings.port == 8000:
-            settings = settings.model_copy(update={"port": free_port(settings.host)})
+        if settings.port == 0 or settings.port == DEFAULT_RECEIVER_PORT:
+            settings = settings.with_port(free_port(settings.host))  # the links follow, unless set explicitly
         self.settings = settings
         self.url = f"http://{settings.host}:{settings.port}"
         self.server = uvicorn.Server(_config(settings, log_level="warning"))

@@ -17,7 +17,6 @@ class ReceiverSettings(AlertIntakeSettings):
     """Settings of the webhook receiver: where it listens, how it checks signatures, which alerts qualify."""
 
     host: str = Field(default="127.0.0.1", description="Interface to listen on (0.0.0.0 in a container).")
-    port: int = Field(default=8000, ge=0, le=65535)
     webhook_tolerance_s: int = Field(default=300, gt=0, description="Max age (and clock skew) of a signature.")
     cooldown_s: float = Field(
         default=14 * 86400.0, ge=0, description="Quiet period per account after an upsell ends (14 days)."

@@ -6,9 +6,9 @@ Integration credentials do not live here: they are Prefect blocks (see `blocks/`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flows.models import DEFAULT_SEVERITY_LEVELS, AutomationLevel, Severity
@@ -16,6 +16,12 @@ from flows.models import DEFAULT_SEVERITY_LEVELS, AutomationLevel, Severity
 _DEV_LINK_SECRET = "development-only-link-secret"  # noqa: S105 - refused outside development
 DEFAULT_METRICS = ["trade_volume", "trade_value", "balance_change"]
 DEFAULT_SEVERITIES = [Severity.HIGH, Severity.CRITICAL]
+DEFAULT_RECEIVER_PORT = 8000
+
+
+def local_base_url(port: int) -> str:
+    """The receiver's address on this machine, the links' base when UPSELL_PUBLIC_BASE_URL is not set."""
+    return f"http://127.0.0.1:{port}"
 
 
 class UpsellSettings(BaseSettings):
@@ -25,9 +31,14 @@ class UpsellSettings(BaseSettings):
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path(".upsell"), description="Where the local stand-ins keep their files.")
+    port: int = Field(default=DEFAULT_RECEIVER_PORT, ge=0, le=65535, description="Port the receiver listens on.")
     public_base_url: str = Field(
-        default="http://127.0.0.1:8000", description="Base URL of the receiver, used in reply and approval links."
+        default="",
+        description="Base URL of the receiver, used in the reply, approval and unsubscribe links; when not set,"
+        " http://127.0.0.1:<port>, so the links follow the receiver's port (UPSELL_PORT).",
     )
+    #: True when `public_base_url` was not given and follows `port` (`with_port` moves it along).
+    _base_url_follows_port: bool = PrivateAttr(default=False)
     link_secret: SecretStr = Field(default=SecretStr(_DEV_LINK_SECRET), description="HMAC key of reply links.")
     link_ttl_s: int = Field(default=7 * 86400, gt=0)
     severity_levels: dict[Severity, AutomationLevel] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_LEVELS))
@@ -58,6 +69,21 @@ class UpsellSettings(BaseSettings):
     max_contract_spend: float = Field(
         default=1e9, gt=0, description="A contract spend from the CRM above this stops the upsell for review."
     )
+
+    @model_validator(mode="after")
+    def _links_follow_the_receiver_port(self) -> UpsellSettings:
+        """A receiver moved to another port must not leave every emailed and Slack link on the old one."""
+        if not self.public_base_url:
+            self.public_base_url = local_base_url(self.port)
+            self._base_url_follows_port = True
+        return self
+
+    def with_port(self, port: int) -> Self:
+        """These settings for a receiver on `port`: the links move along unless UPSELL_PUBLIC_BASE_URL was set."""
+        update: dict[str, object] = {"port": port}
+        if self._base_url_follows_port:
+            update["public_base_url"] = local_base_url(port)
+        return self.model_copy(update=update)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> UpsellSettings:
