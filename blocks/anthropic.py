@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, ValidationError
 
 from blocks.interfaces import PlanReview
 from blocks.limits import acquire_rate_limit, request_timeout
-from flows.models import Catalogue, ContractData, PlanResult, UpsellPlan, UsageData, load_catalogue
+from flows.models import Catalogue, ContractData, PlanResult, UpsellPlan, UsageData, load_catalogue, metric_label
 
 #: An upsell is worth at most this many times the account's spend (and the plan's list price).
 DEFAULT_VALUE_RATIO = 3.0
@@ -51,8 +51,9 @@ class RuleBasedPlanner:
         currency = self.catalogue.currency
         over_pct = usage.threshold_exceeded * 100
         threshold = usage.additional_context.get("threshold")
+        metric = metric_label(usage.metric_type)
         justification = (
-            f"{usage.metric_type} is at {usage.current_usage:,.0f}"
+            f"{metric[:1].upper()}{metric[1:]} is at {usage.current_usage:,.0f}"
             + (f" against a threshold of {float(threshold):,.0f}" if threshold is not None else "")
             + f" ({over_pct:.0f}% over), {usage.usage_trend} {usage.growth_rate * 100:.0f}% per"
             f" {PERIOD_WORD[usage.usage_period]}. The account pays"
@@ -61,7 +62,7 @@ class RuleBasedPlanner:
             f" {currency} {target.annual_price:,.0f}/yr."
         )
         roi = (
-            f"Moving to {target.name} adds {currency} {value:,.0f}/yr and removes the {usage.metric_type} cap"
+            f"Moving to {target.name} adds {currency} {value:,.0f}/yr and removes the {metric} cap"
             f" that the account exceeds by {over_pct:.0f}%."
         )
         risk = (

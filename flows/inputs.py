@@ -3,12 +3,17 @@ values, shown in the Prefect UI) and how a run waits for the answer."""
 
 from __future__ import annotations
 
+from copy import copy
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
+from uuid import UUID
 
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
-from prefect.input import RunInput
+from prefect.input import RunInput, keyset_from_paused_state, read_flow_run_input
+from prefect.states import Suspended
+from pydantic import create_model
 
 from flows.approvals import Checkpoint
 from flows.models import (
@@ -22,7 +27,7 @@ from flows.models import (
     UsageAlert,
     WaitKind,
 )
-from tasks.content.email import text_to_html
+from tasks.content.email import with_message
 
 R = TypeVar("R", bound=RunInput)
 
@@ -38,43 +43,84 @@ class WaitRequest(Generic[R]):
     initial: dict[str, Any] = field(default_factory=dict)
 
 
+def answer_form(request: WaitRequest[R]) -> type[R]:
+    """The form the Prefect UI shows for the wait: its input type with the initial values filled in.
+
+    Prefect's `with_initial_data` declares each prefilled field again with its bare type: the saved schema then
+    loses the field's constraints (`minimum: 0`), title and help text, and lists no field as required, so the UI
+    shows every field "(Optional)" and the Prefect API accepts an estimated value of -5. Here each field keeps
+    its declaration with only its default changed, and what the input type requires stays required.
+    """
+    described = request.input_type.with_initial_data(description=request.description)  # the text above the form
+    declared = request.input_type.model_fields
+    prefilled: dict[str, Any] = {}
+    for name, value in request.initial.items():
+        field_info = copy(declared[name])
+        field_info.default, field_info.default_factory = value, None
+        prefilled[name] = (declared[name].annotation, field_info)
+    required = [name for name, info in declared.items() if info.is_required()]
+
+    def keep_required(schema: dict[str, Any]) -> None:
+        schema["required"] = [name for name in schema.get("properties", {}) if name in required]
+
+    model = create_model(request.input_type.__name__, __base__=described, __doc__=described.__doc__, **prefilled)
+    model.model_config["json_schema_extra"] = keep_required
+    model.model_rebuild(force=True)
+    return cast("type[R]", model)
+
+
 def wait_for_input(request: WaitRequest[R], grace_s: float, poll_s: int) -> R:
     """Wait for the request's typed input. A deployment run suspends (no process held); a direct call pauses in place.
 
     Prefect's own timeout is the deadline plus a grace period: the `reply-timeouts` sweep closes expired
     waits first, so that an unanswered wait ends the run Completed rather than Failed.
     """
-    form = request.input_type.with_initial_data(description=request.description, **request.initial)
+    form = answer_form(request)
     safety_timeout = int(request.timeout_s + grace_s)
     context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None and context.flow_run.deployment_id is not None:
-        return suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=request.kind)
-    return pause_flow_run(wait_for_input=form, timeout=safety_timeout, poll_interval=poll_s, key=request.kind)
+    if context is None or context.flow_run is None or context.flow_run.deployment_id is None:
+        return pause_flow_run(wait_for_input=form, timeout=safety_timeout, poll_interval=poll_s, key=request.kind)
+    if already_answered(context.flow_run.id, request.kind):
+        # A resumed run replays the flow up to here: Prefect would log "Suspending flow run" again before it
+        # finds the wait answered; the answer is read directly instead (what Prefect returns in that case).
+        keyset = keyset_from_paused_state(Suspended(pause_key=request.kind))
+        return form.model_validate(read_flow_run_input(keyset["response"], flow_run_id=context.flow_run.id) or {})
+    return suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=request.kind)
+
+
+def already_answered(flow_run_id: UUID, kind: str) -> bool:
+    """Whether this wait of the run was suspended and resumed in an earlier segment: Prefect keeps the key of
+    each wait that fired (it refuses to suspend under it again) until the run starts over."""
+    with get_client(sync_client=True) as client:
+        policy = client.read_flow_run(flow_run_id).empirical_policy
+    return kind in (policy.pause_keys or set())
 
 
 def email_approval(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> WaitRequest[EmailApproval]:
-    """A reviewer approves, and may edit, the email before it is sent."""
+    """A reviewer approves, and may edit, the email before it is sent; nothing is sent until they tick "send"."""
     return WaitRequest(
         Checkpoint.BEFORE_EMAIL.wait,
         EmailApproval,
         timeout_s,
-        f"Approve the upsell email to {draft.to} recommending **{plan.recommended_plan}**"
-        f" (est. ${plan.estimated_value:,.0f}/yr). Edit the subject or body before approving.",
-        {"approved": True, "subject": draft.subject, "body_text": draft.body_text},
+        f"Check the upsell email to **{draft.to}** recommending **{plan.recommended_plan}**"
+        f" (estimated ${plan.estimated_value:,.0f} a year). You may edit the subject and the message; the"
+        " answer buttons, the signature and the unsubscribe link are added when it is sent."
+        " Tick **Send this email** to send it, or leave it unticked to stop the upsell.",
+        {"approved": False, "subject": draft.subject, "body_text": draft.message or draft.body_text},
     )
 
 
 def approved_draft(draft: EmailDraft, approval: EmailApproval) -> EmailDraft:
-    """The draft as the reviewer approved it: their subject and body where they changed them."""
-    if (approval.subject, approval.body_text) == (draft.subject, draft.body_text):
-        return draft
-    return draft.model_copy(
-        update={
-            "subject": approval.subject or draft.subject,
-            "body_text": approval.body_text or draft.body_text,
-            "body_html": text_to_html(approval.body_text) if approval.body_text else draft.body_html,
-        }
-    )
+    """The draft as the reviewer approved it: their subject and message where they changed them.
+
+    A new subject alone keeps both body parts as drafted; a changed message is put back between the answer
+    links, the signature and the unsubscribe footer (`with_message`), which the reviewer never edits.
+    """
+    drafted_message = draft.message or draft.body_text
+    subject = approval.subject.strip() or draft.subject
+    message = approval.body_text if approval.body_text.strip() else drafted_message
+    edited = draft if message.strip() == drafted_message.strip() else with_message(draft, message)
+    return edited if subject == draft.subject else edited.model_copy(update={"subject": subject})
 
 
 def customer_reply(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> WaitRequest[CustomerReplyInput]:
@@ -83,7 +129,9 @@ def customer_reply(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> Wai
         "reply",
         CustomerReplyInput,
         timeout_s,
-        f"The customer's answer to the upsell email ({plan.recommended_plan}) sent to {draft.to}.",
+        f"The customer's answer to the upsell email recommending **{plan.recommended_plan}** sent to"
+        f" **{draft.to}**, if they answered another way than the email's buttons (by phone, by email)."
+        " Leave this wait alone if they have not answered: it closes by itself as \"no reply\" when it expires.",
     )
 
 
@@ -96,7 +144,7 @@ def reply_review(
         OpportunityReview,
         timeout_s,
         ("The Slack summary was withheld by the safety check. " if summary_withheld else "")
-        + f"Customer replied **{reply.value}**. Approve the upsell to {plan.recommended_plan}"
+        + f"The customer answered **{_said(reply)}**. Approve the upsell to {plan.recommended_plan}"
         f" ({'a meeting will be booked and ' if reply is CustomerReply.YES else ''}the opportunity logged).",
         {"approved": True, "estimated_value": plan.estimated_value},
     )
@@ -108,7 +156,7 @@ def meeting_approval(draft: EmailDraft, timeout_s: float) -> WaitRequest[Meeting
         Checkpoint.BEFORE_MEETING.wait,
         MeetingApproval,
         timeout_s,
-        f"The customer said yes. Book a meeting with {draft.to}?",
+        f"The customer said yes. Book a follow-up meeting with **{draft.to}**? Tick **Book the meeting** to book it.",
         {"approved": True},
     )
 
@@ -121,6 +169,12 @@ def opportunity_approval(
         Checkpoint.BEFORE_LOG.wait,
         OpportunityReview,
         timeout_s,
-        f"Log the opportunity for {alert.account_id} ({plan.recommended_plan}, reply {reply.value})?",
+        f"Log the opportunity for account **{alert.account_id}**: {plan.recommended_plan}, the customer answered"
+        f" **{_said(reply)}**. Tick **Approve the upsell** to log it.",
         {"approved": True, "estimated_value": plan.estimated_value},
     )
+
+
+def _said(reply: CustomerReply) -> str:
+    """The reply as a reviewer reads it ("maybe", "no reply")."""
+    return reply.value.replace("_", " ")

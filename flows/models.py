@@ -14,10 +14,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect.input import RunInput
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class CatalogPlan(BaseModel):
@@ -107,6 +116,16 @@ DEFAULT_SEVERITY_LEVELS: dict[Severity, AutomationLevel] = {
 def automation_level_for(severity: Severity, mapping: dict[Severity, AutomationLevel] | None = None) -> AutomationLevel:
     """The automation level an alert of this severity gets (critical -> full, high -> hybrid, else human)."""
     return (mapping or DEFAULT_SEVERITY_LEVELS)[Severity(severity)]
+
+
+_METRIC_WORD_BREAK = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
+
+
+def metric_label(metric_type: str) -> str:
+    """The metric as a customer reads it ("trade_volume" -> "trade volume", "apiCalls" -> "api calls"): the raw
+    metric names are the metrics system's identifiers, never shown to a customer. Acronyms keep their case."""
+    words = [w for w in _METRIC_WORD_BREAK.split(metric_type.strip()) if w]
+    return " ".join(w if w.isupper() and len(w) > 1 else w.lower() for w in words)
 
 
 class CustomerReply(StrEnum):
@@ -253,7 +272,11 @@ class PlanResult(BaseModel):
 
 
 class EmailDraft(BaseModel):
-    """The upsell email before it is sent: editable by a reviewer in HUMAN_INTERVENTION."""
+    """The upsell email before it is sent: editable by a reviewer in HUMAN_INTERVENTION.
+
+    `message` is the part a reviewer may edit (no link in it); `body_text` and `body_html` are the whole email,
+    that message with the answer links, the signature and the unsubscribe footer around it.
+    """
 
     to: str
     subject: str
@@ -261,6 +284,9 @@ class EmailDraft(BaseModel):
     body_html: str
     reply_links: dict[str, str] = Field(default_factory=dict)
     unsubscribe_url: str = ""
+    message: str = ""
+    sender_name: str = ""
+    sender_postal_address: str = ""
 
 
 class EmailResult(BaseModel):
@@ -348,34 +374,75 @@ class UpsellOutcome(BaseModel):
 # ---- human decisions: one RunInput per kind of wait (rendered as forms in the Prefect UI) ----
 
 
-class CustomerReplyInput(RunInput):
-    """The customer's answer to the upsell email."""
+#: What a person may record as the customer's answer: `no_reply` is the sweep's answer when nobody replied in time,
+#: never a choice in a form.
+HUMAN_REPLIES: tuple[CustomerReply, ...] = (CustomerReply.YES, CustomerReply.NO, CustomerReply.MAYBE)
 
-    reply: CustomerReply
+
+class CustomerReplyInput(RunInput):
+    """The customer's answer to the upsell email.
+
+    The saved form offers only yes, no and maybe. An answer without a reply (what the `reply-timeouts` sweep
+    sends when the wait expires) means `no_reply`: `no_reply` is written as an empty answer, so the Prefect API,
+    which checks every answer against the saved form, accepts it from the sweep while no person is offered it.
+    """
+
+    reply: Annotated[
+        CustomerReply,
+        WithJsonSchema({"type": "string", "enum": [r.value for r in HUMAN_REPLIES]}),
+    ] = Field(
+        default_factory=lambda: CustomerReply.NO_REPLY,
+        title="Customer's answer",
+        description="What the customer answered (yes, no or maybe), for example by phone or by email.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _no_reply_as_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.reply is CustomerReply.NO_REPLY:
+            data.pop("reply", None)
+        return data
 
 
 class EmailApproval(RunInput):
-    """A reviewer's decision on the upsell email (HUMAN_INTERVENTION)."""
+    """A reviewer's decision on the upsell email (HUMAN_INTERVENTION).
 
-    approved: bool = Field(description="Send the email?")
-    subject: str = Field(default="", description="Subject to send (edit freely).")
-    body_text: str = Field(default="", description="Plain-text body to send (edit freely).")
-    note: str = ""
+    `body_text` is the message only: the answer buttons, the signature and the unsubscribe footer (the signed
+    links) are added when the email is built, so a reviewer can neither break nor change them.
+    """
+
+    approved: bool = Field(
+        title="Send this email", description="Tick to send the email. Leave it unticked to stop the upsell here."
+    )
+    subject: str = Field(default="", title="Subject", description="The subject line the customer sees.")
+    body_text: str = Field(
+        default="",
+        title="Message",
+        description="The message the customer reads. The answer buttons (Yes / No / Maybe later), the signature"
+        " and the unsubscribe link are added when the email is sent. Leave empty to send the drafted message.",
+    )
+    note: str = Field(default="", title="Note for the team", description="Why you approved, changed or stopped it.")
 
 
 class MeetingApproval(RunInput):
     """A reviewer's decision on creating the follow-up meeting (HUMAN_INTERVENTION)."""
 
-    approved: bool = Field(description="Create the meeting?")
-    note: str = ""
+    approved: bool = Field(
+        title="Book the meeting", description="Tick to book the follow-up meeting with the customer."
+    )
+    note: str = Field(default="", title="Note for the team", description="Optional: why, or what to prepare.")
 
 
 class OpportunityReview(RunInput):
     """A sales reviewer's decision before the final steps (HYBRID) or the opportunity log (HUMAN)."""
 
-    approved: bool = Field(description="Approve the upsell?")
-    estimated_value: float = Field(ge=0, description="Estimated added annual value (edit freely).")
-    note: str = ""
+    approved: bool = Field(title="Approve the upsell", description="Tick to approve; leave unticked to reject it.")
+    estimated_value: float = Field(
+        ge=0,
+        title="Estimated value (per year)",
+        description="The added yearly revenue you expect from this upsell, in dollars (0 or more).",
+    )
+    note: str = Field(default="", title="Note for the team", description="Optional: why you approved or rejected it.")
 
     @model_validator(mode="after")
     def _finite_value(self) -> OpportunityReview:
@@ -396,7 +463,7 @@ WAIT_INPUTS: dict[str, type[RunInput]] = {
 
 #: The input that closes a wait nobody answered in time: a normal, Completed outcome.
 EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
-    "reply": {"reply": CustomerReply.NO_REPLY.value},
+    "reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),  # {}: see CustomerReplyInput
     "approve-email": {"approved": False, "subject": "", "body_text": "", "note": "approval timed out"},
     "approve-meeting": {"approved": False, "note": "approval timed out"},
     "review": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},

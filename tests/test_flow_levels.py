@@ -92,6 +92,8 @@ def test_human_intervention_approves_each_outward_step_with_edited_email(pool, d
     sent = emails(data_dir, event_id)
     assert len(sent) == 1 and sent[0]["Subject"] == "Edited subject"
     assert "Edited body." in sent[0].get_body(("plain",)).get_content()
+    html = sent[0].get_body(("html",)).get_content()
+    assert "<p>Edited body.</p>" in html and html.count("/links/") == 3  # the answer buttons added around the edit
     resume(run_id, "reply", {"reply": "yes"})
     wait_until_paused(run_id, "approve-meeting")
     resume(run_id, "approve-meeting", {"approved": True})
@@ -100,6 +102,23 @@ def test_human_intervention_approves_each_outward_step_with_edited_email(pool, d
     outcome = future.result(timeout=60)
     assert outcome.automation_level is AutomationLevel.HUMAN_INTERVENTION
     assert outcome.status is UpsellStatus.COMPLETED and outcome.meeting is not None
+
+
+def test_an_approval_that_changes_only_the_subject_sends_the_drafted_html(pool, data_dir, event_id):
+    future, run_id = start(pool, alert_for(event_id, "low"))
+    wait_until_paused(run_id, "approve-email")
+    resume(run_id, "approve-email", {"approved": True, "subject": "Only the subject changed"})
+    wait_until_paused(run_id, "reply")
+    [sent] = emails(data_dir, event_id)
+    html, text = sent.get_body(("html",)).get_content(), sent.get_body(("plain",)).get_content()
+    assert sent["Subject"] == "Only the subject changed"
+    assert "<strong>" in html and "<ul><li>" in html and html.count('href="http') == 4  # 3 answer buttons, unsubscribe
+    assert "Maybe later" in html and "Maybe later" in text
+    assert "trade_volume" not in html + text and "trade volume" in text  # the metric in words
+    resume(run_id, "reply", {"reply": "no"})
+    wait_until_paused(run_id, "approve-opportunity")
+    resume(run_id, "approve-opportunity", {"approved": False, "estimated_value": 0})
+    assert future.result(timeout=60).status is UpsellStatus.REJECTED
 
 
 def test_human_rejection_of_the_email_sends_nothing(pool, data_dir, event_id):
