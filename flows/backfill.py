@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from tasks.backfill_alerts import Submission, scan_usage_alerts, submit_alert
@@ -27,7 +28,16 @@ class BackfillSummary(BaseModel):
     submissions: list[Submission] = Field(default_factory=list)
 
 
-@flow(name="upsell-backfill")
+def backfill_run_name() -> str:
+    """`backfill-YYYYMMDD-HHMMSS` (the end of the window scanned, else the scheduled time; UTC), with `-dry-run`
+    for a dry run: the run list says what each run was."""
+    parameters = flow_run.parameters
+    end = parameters.get("end") or flow_run.scheduled_start_time or datetime.now(UTC)
+    end = datetime.fromisoformat(end) if isinstance(end, str) else end
+    return f"backfill-{end.astimezone(UTC):%Y%m%d-%H%M%S}{'-dry-run' if parameters.get('dry_run') else ''}"
+
+
+@flow(name="upsell-backfill", flow_run_name=backfill_run_name)
 def upsell_backfill(window_hours: float = 24.0, end: datetime | None = None, dry_run: bool = False) -> BackfillSummary:
     """Scan the usage source over a window and submit each qualifying alert through the receiver."""
     until = end or datetime.now(UTC)

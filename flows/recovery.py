@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import UUID
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from tasks.recover_runs import recover_dead_runs
 from tasks.runtime.policy import configured
@@ -15,7 +17,13 @@ MAX_ATTEMPTS = 3
 BACKOFF_S = 30.0
 
 
-@flow(name="upsell-recovery")
+def recovery_run_name() -> str:
+    """`recovery-sweep-YYYYMMDD-HHMMSS` (its scheduled time, UTC): the run list says what each run was."""
+    started = flow_run.scheduled_start_time or datetime.now(UTC)
+    return f"recovery-sweep-{started.astimezone(UTC):%Y%m%d-%H%M%S}"
+
+
+@flow(name="upsell-recovery", flow_run_name=recovery_run_name)
 def upsell_recovery(
     stale_after_s: float = STALE_AFTER_S,
     max_attempts: int = MAX_ATTEMPTS,

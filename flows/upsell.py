@@ -1,24 +1,31 @@
 """The upsell flow: a usage alert becomes an emailed offer, a Slack summary, a meeting and an opportunity.
 
 `run_upsell` is the design's eight steps in order; which human decisions each automation level waits for, and
-where, is the table in `flows.approvals`; what each wait asks for is in `flows.inputs`.
+where, is the table in `flows.approvals`; what each wait asks for is in `flows.inputs`. Each decision a person
+is asked for is announced in Slack when it opens (`UpsellRun.decide`), and the run ends Completed under a name
+for its outcome (`final_state`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from prefect import Task, flow, get_run_logger
+from prefect import State, Task, flow, get_run_logger
 from prefect.input import RunInput
 from prefect.runtime import flow_run
-from pydantic import BaseModel
+from prefect.states import Completed
+from pydantic import BaseModel, ValidationError
 
 from flows import approvals, inputs
 from flows.approvals import Checkpoint
 from flows.inputs import WaitRequest, wait_for_input
 from flows.models import (
+    EXPIRED_WAIT_INPUT,
+    WAIT_INPUTS,
     AutomationLevel,
     ContractData,
     CustomerReply,
@@ -43,6 +50,7 @@ from tasks.create_zoom_meeting import create_zoom_meeting
 from tasks.fetch_contract import fetch_contract
 from tasks.fetch_usage import fetch_usage
 from tasks.log_opportunity import log_opportunity
+from tasks.notify_reviewer import notify_reviewer
 from tasks.post_slack_summary import post_slack_summary
 from tasks.runtime.links import LinkToken, link_for
 from tasks.runtime.policy import configured
@@ -69,8 +77,8 @@ class Journal:
     earlier segment recorded the results of the steps done before it: a replayed step takes its result from
     there instead of running again (no task run, no API call). Stages reached before the last of those waits
     were published then, so until that wait is passed they are only collected again, not published.
-    Each stage is an event and a log line when reached; the run's markdown artifact is republished when the
-    run waits, ends or fails.
+    Each stage is an event and a log line when reached; each wait and its answer are entries too (shown in the
+    artifact, not sent as events); the run's markdown artifact is republished when the run waits, ends or fails.
     """
 
     def __init__(self, alert: UsageAlert, opened: dict[str, WaitDeadline]) -> None:
@@ -106,6 +114,14 @@ class Journal:
     def passed(self, wait: WaitKind) -> None:
         self.replay_waits.discard(wait)
 
+    def waiting(self, wait: WaitKind, due: datetime) -> None:
+        """The run waits for `wait` until `due` (shown as `waiting` in the artifact until it is answered)."""
+        self.entries.append({"wait": wait, "due": due.isoformat()})
+
+    def answered(self, wait: WaitKind, details: dict[str, Any]) -> None:
+        """`wait` was answered: its row of the artifact shows `done` and what the answer said."""
+        self.entries.append({"wait": wait, "answered": True, "details": details})
+
 
 @flow(name="upsell", flow_run_name=upsell_run_name, persist_result=True, validate_parameters=True)
 def upsell(
@@ -113,14 +129,19 @@ def upsell(
     automation_level: AutomationLevel | None = None,
     reply_timeout_s: float | None = None,
     approval_timeout_s: float | None = None,
-) -> UpsellOutcome:
-    """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity."""
+) -> State[UpsellOutcome]:
+    """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity.
+
+    The run ends in a Completed state named for its outcome (Won, Declined, Rejected, ...), so the run list
+    tells outcomes apart; callers still get the UpsellOutcome (Prefect returns a returned state's data).
+    """
     journal = Journal(alert, opened_waits())
     try:
-        return run_upsell(start_run(journal, automation_level, reply_timeout_s, approval_timeout_s))
+        outcome = run_upsell(start_run(journal, automation_level, reply_timeout_s, approval_timeout_s))
     except Exception:  # a failed step: the artifact still shows how far the run got (a wait is not an Exception)
         journal.publish()
         raise
+    return final_state(outcome)
 
 
 def run_upsell(run: UpsellRun) -> UpsellOutcome:
@@ -140,7 +161,7 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
 
     draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan))
     if approvals.asks(run.level, Checkpoint.BEFORE_EMAIL):
-        approval = run.wait(inputs.email_approval(draft, plan, run.approval_timeout_s))
+        approval = run.decide(inputs.email_approval(draft, plan, run.approval_timeout_s), plan)
         if not approval.approved:
             return run.finish(UpsellStatus.REJECTED, planned, note=approval.note)
         draft = inputs.approved_draft(draft, approval)
@@ -149,11 +170,13 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
         suppressed = run.opportunity(UpsellStatus.SUPPRESSED, planned, email, CustomerReply.NO_REPLY)
         opportunity_id = run.task(log_opportunity)(suppressed)
         return run.finish(UpsellStatus.SUPPRESSED, planned, opportunity_id, email=email, reply=CustomerReply.NO_REPLY)
-    journal.reach(UpsellStage.EMAIL_SENT, status=email.status, message_id=email.message_id, to=draft.to)
+    journal.reach(UpsellStage.EMAIL_SENT, email=email.status, message_id=email.message_id, to=draft.to)
 
-    links = decision_links(run, plan)
+    checkpoint = approvals.slack_decides(run.level)
+    links = decision_links(run, checkpoint.wait, {"estimated_value": plan.estimated_value}) if checkpoint else {}
     slack = journal.step("slack", SlackResult, lambda: post_summary(run, contract, planned, email, links))
-    journal.reach(UpsellStage.SLACK_POSTED, posted=slack.posted, error=slack.error, withheld=slack.withheld or None)
+    posted = "posted" if slack.posted else "not posted"
+    journal.reach(UpsellStage.SLACK_POSTED, slack=posted, error=slack.error, withheld=slack.withheld or None)
     if slack.outcome_unknown:
         run.unknown.append("Slack summary")
     if slack.withheld:  # the summary failed the safety check: the level may ask a human before the final steps
@@ -164,13 +187,13 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
         opportunity_id = run.task(log_opportunity)(held)
         return run.finish(UpsellStatus.NEEDS_REVIEW, planned, opportunity_id, email=email, slack=slack, note=note)
 
-    journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting", timeout_s=run.reply_timeout_s)
+    journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting")
     reply = run.wait(inputs.customer_reply(draft, plan, run.reply_timeout_s)).reply
     journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
 
     value, note = plan.estimated_value, ""
     if approvals.asks(run.level, Checkpoint.AFTER_REPLY):
-        review = run.wait(inputs.reply_review(plan, reply, bool(slack.withheld), run.approval_timeout_s))
+        review = run.decide(inputs.reply_review(plan, reply, bool(slack.withheld), run.approval_timeout_s), plan, reply)
         if not review.approved:
             return run.finish(UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, note=review.note)
         value, note = review.estimated_value, review.note
@@ -178,7 +201,7 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
     meeting = None
     if reply is CustomerReply.YES:
         if approvals.asks(run.level, Checkpoint.BEFORE_MEETING):
-            booking = run.wait(inputs.meeting_approval(draft, run.approval_timeout_s))
+            booking = run.decide(inputs.meeting_approval(draft, run.approval_timeout_s), plan, reply)
             if not booking.approved:
                 return run.finish(
                     UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, note=booking.note
@@ -186,7 +209,7 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
         meeting = book_meeting(run, contract, plan)
 
     if approvals.asks(run.level, Checkpoint.BEFORE_LOG):
-        review = run.wait(inputs.opportunity_approval(alert, plan, reply, run.approval_timeout_s))
+        review = run.decide(inputs.opportunity_approval(alert, plan, reply, run.approval_timeout_s), plan, reply)
         if not review.approved:
             return run.finish(
                 UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, meeting=meeting, note=review.note
@@ -221,15 +244,32 @@ class UpsellRun:
         """`step` with this run's settings: its kind's timeout and the retry delays (`UPSELL_*_TIMEOUT_S`)."""
         return configured(step, self.settings)
 
-    def wait(self, request: WaitRequest[R]) -> R:
+    def wait(self, request: WaitRequest[R], due: datetime | None = None) -> R:
         """Record the wait (its deadline and the step results so far), then wait for its typed input."""
         journal = self.journal
+        journal.waiting(request.kind, due or datetime.now(UTC) + timedelta(seconds=request.timeout_s))
         if request.kind not in journal.replay_waits:  # a wait opened in an earlier segment keeps its first record
             journal.publish()
             open_wait(request.kind, request.timeout_s, journal.results)
         answer = wait_for_input(request, self.settings.wait_grace_s, self.settings.pause_poll_s)
         journal.passed(request.kind)
+        journal.answered(request.kind, answer_details(request, answer))
         return answer
+
+    def decide(self, request: WaitRequest[R], plan: UpsellPlan, reply: CustomerReply | None = None) -> R:
+        """Wait for a person's decision; the sales team is told in Slack, with approve/reject links, when the wait
+        opens. A wait opened in an earlier segment was announced then: a resumed run does not announce it again
+        (and the notice's idempotency record covers a run that died between the notice and the wait)."""
+        due = datetime.now(UTC) + timedelta(seconds=request.timeout_s)
+        if request.kind not in self.journal.replay_waits:
+            links = decision_links(self, request.kind, request.initial)
+            company = str(self.journal.results.get("contract", {}).get("company_name", ""))
+            state = self.task(notify_reviewer)(
+                self.alert, company, request.kind, plan, reply, due, links, return_state=True
+            )
+            if not state.is_completed():  # non-critical, as the summary: the form in the Prefect UI still waits
+                get_run_logger().warning("The sales team could not be told that a decision waits: %s", state.message)
+        return self.wait(request, due)
 
     def opportunity(
         self,
@@ -283,9 +323,7 @@ class UpsellRun:
         note: str = "",
     ) -> UpsellOutcome:
         """Reach `Completed` and return what the run reached (`opportunity_id`: the opportunity it logged, if any)."""
-        self.journal.reach(UpsellStage.COMPLETED, status=status.value, opportunity_id=opportunity_id)
-        self.journal.publish()
-        return UpsellOutcome(
+        outcome = UpsellOutcome(
             status=status,
             event_id=self.alert.event_id,
             account_id=self.alert.account_id,
@@ -303,6 +341,9 @@ class UpsellRun:
             standins=self.standins,
             timings=collect_timings(),
         )
+        self.journal.reach(UpsellStage.COMPLETED, outcome=outcome_state_name(outcome), opportunity_id=opportunity_id)
+        self.journal.publish()
+        return outcome
 
 
 def start_run(
@@ -321,7 +362,7 @@ def start_run(
         approval_timeout_s=approval_timeout_s or settings.approval_timeout_s,
         standins=announce_integrations(log=not journal.replaying),
     )
-    journal.reach(UpsellStage.STARTED, automation_level=run.level.value, standins=", ".join(run.standins) or "none")
+    journal.reach(UpsellStage.STARTED, automation_level=run.level.value, standins=", ".join(run.standins) or None)
     return run
 
 
@@ -348,7 +389,7 @@ def stopped_opportunity(run: UpsellRun, reason: str) -> Opportunity:
 
 def stopped_for_review(run: UpsellRun, reason: str, opportunity_id: str) -> UpsellOutcome:
     """Reach `Completed` for an upsell stopped before any message, and return its outcome `needs_review`."""
-    run.journal.reach(UpsellStage.COMPLETED, status=UpsellStatus.NEEDS_REVIEW.value, reason=reason)
+    run.journal.reach(UpsellStage.COMPLETED, outcome=STATUS_NAMES[UpsellStatus.NEEDS_REVIEW], reason=reason)
     run.journal.publish()
     return UpsellOutcome(
         status=UpsellStatus.NEEDS_REVIEW,
@@ -384,30 +425,27 @@ def plan_details(planned: PlanResult) -> dict[str, Any]:
     }
 
 
-def decision_links(run: UpsellRun, plan: UpsellPlan) -> dict[str, str]:
-    """Signed approve/reject links for the Slack summary, answering the wait the level's row names (if any)."""
-    checkpoint = approvals.slack_decides(run.level)
-    if checkpoint is None:
-        return {}
-    return {
-        "approve": _decision_link(
-            run.settings,
-            checkpoint.wait,
-            {"approved": True, "estimated_value": plan.estimated_value, "note": "approved from Slack"},
-            run.alert.event_id,
-        ),
-        "reject": _decision_link(
-            run.settings,
-            checkpoint.wait,
-            {"approved": False, "estimated_value": plan.estimated_value, "note": "rejected from Slack"},
-            run.alert.event_id,
-        ),
-    }
+def decision_links(run: UpsellRun, wait: WaitKind, initial: dict[str, Any]) -> dict[str, str]:
+    """Signed approve/reject links answering `wait` (its form's `initial` values, e.g. the estimated value, kept).
+
+    Only the fields the wait's form takes go in (the email's text does not: an approval without it keeps the
+    draft); a link whose answer the form would refuse is not offered, so every link offered can be used.
+    """
+    form = WAIT_INPUTS[wait]
+    links = {}
+    for label, approved, note in (("approve", True, "approved from Slack"), ("reject", False, "rejected from Slack")):
+        value: dict[str, Any] = {"approved": approved, "note": note}
+        value |= {k: v for k, v in initial.items() if k == "estimated_value" and k in form.model_fields}
+        try:
+            form.model_validate(value)
+        except ValidationError as exc:
+            get_run_logger().warning("No %s link for %s: %s", label, wait, exc)
+            continue
+        links[label] = _decision_link(run.settings, wait, value, run.alert.event_id)
+    return links
 
 
 def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], event_id: str) -> str:
-    import time
-
     token = LinkToken(
         flow_run_id=str(flow_run.get_id()),
         wait=wait,
@@ -416,6 +454,99 @@ def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], e
         nonce=event_id,
     )
     return link_for(settings.public_base_url, settings.link_secret.get_secret_value(), token)
+
+
+def answer_details(request: WaitRequest[Any], answer: RunInput) -> dict[str, Any]:
+    """What a wait's answer says, for the artifact: the decision, who took it (when the form says), the value
+    and the note, and which of the form's texts the reviewer edited."""
+    given = answer.model_dump(mode="json")
+    details: dict[str, Any] = {}
+    if "reply" in given:
+        details["reply"] = given["reply"]
+    if "approved" in given:
+        expired = EXPIRED_WAIT_INPUT.get(request.kind, {}).get("note")
+        timed_out = not given["approved"] and given.get("note") == expired
+        details["decision"] = "not answered in time" if timed_out else ("approved" if given["approved"] else "rejected")
+    for who in ("reviewer", "answered_by", "by"):  # no form names who answered yet; shown once one does
+        if given.get(who):
+            details["by"] = given[who]
+    if given.get("approved") and "estimated_value" in given:
+        details["estimated_value"] = given["estimated_value"]
+    edited = [
+        name.removesuffix("_text").replace("_", " ")
+        for name, first in request.initial.items()
+        if isinstance(first, str) and given.get(name) and given[name] != first
+    ]
+    if edited:
+        details["edited"] = ", ".join(edited)
+    if given.get("note") and not details.get("decision", "").startswith("not answered"):
+        details["note"] = given["note"]
+    return details
+
+
+#: The name of a run's final (Completed) state for each outcome, so the Prefect run list tells them apart:
+#: a completed upsell by the customer's reply, the others by how they ended.
+REPLY_NAMES: dict[CustomerReply, str] = {
+    CustomerReply.YES: "Won",
+    CustomerReply.NO: "Declined",
+    CustomerReply.MAYBE: "Maybe later",
+    CustomerReply.NO_REPLY: "No reply",
+}
+STATUS_NAMES: dict[UpsellStatus, str] = {
+    UpsellStatus.COMPLETED: "Completed",
+    UpsellStatus.REJECTED: "Rejected",
+    UpsellStatus.SUPPRESSED: "Suppressed",
+    UpsellStatus.NEEDS_REVIEW: "Needs review",
+}
+APPROVAL_TIMED_OUT = "Not approved in time"
+#: Every name a final state of an upsell run can have (automations that watch for a run's end list them).
+OUTCOME_STATE_NAMES = frozenset({*REPLY_NAMES.values(), *STATUS_NAMES.values(), APPROVAL_TIMED_OUT})
+
+
+def outcome_state_name(outcome: UpsellOutcome) -> str:
+    """The final state's name: Won / Declined / Maybe later / No reply for a completed upsell (the customer's
+    reply), else Rejected, Not approved in time, Suppressed or Needs review."""
+    if outcome.status is UpsellStatus.COMPLETED and outcome.reply is not None:
+        return REPLY_NAMES[outcome.reply]
+    if approval_timed_out(outcome):
+        return APPROVAL_TIMED_OUT
+    return STATUS_NAMES[outcome.status]
+
+
+def approval_timed_out(outcome: UpsellOutcome) -> bool:
+    """Whether the run ended because nobody answered an approval in time (the sweep closed it as a rejection)."""
+    timed_out = {str(answer.get("note")) for answer in EXPIRED_WAIT_INPUT.values() if "approved" in answer}
+    return outcome.status is UpsellStatus.REJECTED and outcome.reviewer_note in timed_out
+
+
+def outcome_message(outcome: UpsellOutcome) -> str:
+    """The final state's message: what happened, in a sentence for the sales team."""
+    said = {
+        CustomerReply.YES: "The customer said yes",
+        CustomerReply.NO: "The customer said no",
+        CustomerReply.MAYBE: "The customer said maybe later",
+        CustomerReply.NO_REPLY: "No reply from the customer in time",
+    }
+    parts = {
+        UpsellStatus.COMPLETED: [said[outcome.reply] if outcome.reply else "Completed"],
+        UpsellStatus.REJECTED: ["Rejected by a reviewer"],
+        UpsellStatus.SUPPRESSED: ["Not sent: the contact unsubscribed"],
+        UpsellStatus.NEEDS_REVIEW: ["Needs a person to check it"],
+    }[outcome.status]
+    if approval_timed_out(outcome):
+        parts = ["Nobody approved it in time"]
+    if outcome.meeting is not None:
+        parts.append("meeting booked")
+    if outcome.opportunity_id:
+        parts.append(f"opportunity {outcome.opportunity_id} logged")
+    if outcome.reviewer_note and not approval_timed_out(outcome):
+        parts.append(f"note: {outcome.reviewer_note}")
+    return "; ".join(parts) + "."
+
+
+def final_state(outcome: UpsellOutcome) -> State[UpsellOutcome]:
+    """The run's final state: type Completed, named for the outcome, with the outcome as its result."""
+    return Completed(name=outcome_state_name(outcome), message=outcome_message(outcome), data=outcome)
 
 
 def post_summary(

@@ -68,7 +68,7 @@ def test_hybrid_deployment_run_suspends_and_resumes(runner, event_id):
     wait_until_paused(run_id, "review", timeout_s=60)
     asyncio.run(_resume(run_id, "review", {"approved": True, "estimated_value": 12345.0, "note": "ok"}))
     final = wait_until_final(run_id, timeout_s=60)
-    assert final.state.is_completed(), final.state
+    assert final.state.is_completed() and final.state.name == "Won", final.state  # named for the outcome
     outcome = UpsellOutcome.model_validate(final.state.result())
     assert outcome.reply == "yes" and outcome.meeting is not None
     assert len(list((runner.data_dir / "outbox").glob(f"{event_id}*.eml"))) == 1

@@ -146,9 +146,16 @@ def test_serving_creates_the_zombie_automation_once(prefect_server: str) -> None
     assert isinstance(saved, Automation)
     trigger = saved.trigger.model_dump()
     assert trigger["posture"] == "Proactive" and trigger["within"] == timedelta(seconds=ZOMBIE_AFTER_S)
-    assert {"prefect.flow-run.Suspended", "prefect.flow-run.Paused"} <= trigger["expect"]  # a wait is not a death
+    # any event of the run (a wait, a final state named for its outcome, a heartbeat) is not a death
+    assert trigger["expect"] == {"prefect.flow-run.*"}
     assert [a.state for a in saved.actions] == [StateType.CRASHED]  # type: ignore[union-attr]
-    asyncio.run(saved.adelete())  # other tests' runs are not watched by it
+    # an automation saved by an earlier version is brought up to date
+    saved.trigger.expect = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed"}  # type: ignore[union-attr]
+    asyncio.run(saved.aupdate())
+    assert asyncio.run(ensure_zombie_automation()) is False
+    updated = Automation.read(name=ZOMBIE_AUTOMATION)
+    assert updated.trigger.model_dump()["expect"] == {"prefect.flow-run.*"}
+    asyncio.run(updated.adelete())  # other tests' runs are not watched by it
 
 
 def test_upsell_runs_tells_a_dead_run_from_a_live_one_and_recover_takes_one_id(prefect_server: str) -> None:

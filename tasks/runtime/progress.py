@@ -2,11 +2,13 @@
 
 These are bookkeeping helpers the flow calls directly, not tasks: a task run costs the API a row, its states
 and their events, and an upsell replays everything before a wait each time it resumes. The flow publishes each
-stage once (see `flows.upsell.Journal`).
+stage once (see `flows.upsell.Journal`). The artifact is written for the sales team: what the run waits for and
+until when, each answer given, numbers as people write them, and none of the ids and settings the events carry.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger
@@ -15,7 +17,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from blocks.registry import SERVICES, resolve
-from flows.models import STAGE_ORDER, UpsellStage, UsageAlert
+from flows.models import STAGE_ORDER, UpsellStage, UsageAlert, metric_label
 from tasks.runtime.settings import get_settings
 
 #: Event name emitted when a stage is reached, so Prefect automations can act on it.
@@ -31,35 +33,155 @@ STAGE_EVENTS: dict[UpsellStage, str] = {
 }
 
 
+#: Each wait of the run: the row of the stage table it shows in, and what the run is doing while it waits.
+WAIT_ROWS: dict[str, tuple[str, str]] = {
+    "approve-email": ("Email approval", "Waiting for the email to be approved"),
+    "reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply"),
+    "review": ("Review", "Waiting for review"),
+    "approve-meeting": ("Meeting approval", "Waiting for the meeting to be approved"),
+    "approve-opportunity": ("Opportunity approval", "Waiting for the opportunity to be approved"),
+}
+
+#: How each detail of a stage or an answer is named in the table (details not listed are not shown: the ids and
+#: settings kept in the run's events are for machines, not for the sales team).
+DETAIL_LABELS: dict[str, str] = {
+    "automation_level": "automation",
+    "standins": "simulated services",
+    "current_plan": "current plan",
+    "usage": "usage",
+    "over_threshold": "over threshold",
+    "trend": "trend",
+    "recommended_plan": "recommended plan",
+    "estimated_value": "estimated value",
+    "planner": "planner",
+    "email": "email",
+    "to": "to",
+    "slack": "Slack",
+    "error": "problem",
+    "withheld": "withheld by the safety check",
+    "reply": "customer replied",
+    "decision": "decision",
+    "by": "by",
+    "edited": "edited",
+    "note": "note",
+    "join_url": "meeting link",
+    "start_time": "starts",
+    "outcome": "outcome",
+    "opportunity_id": "opportunity",
+    "reason": "reason",
+}
+MONEY = frozenset({"estimated_value"})
+LEVEL_NAMES = {
+    "FULL_AUTOMATION": "full automation",
+    "HYBRID": "hybrid (a review after the reply)",
+    "HUMAN_INTERVENTION": "human approval of each step",
+}
+
+
+def when(value: datetime | str) -> str:
+    """A moment as people read it: `2026-12-04 09:00 UTC`."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def number(value: float) -> str:
+    """`35271.0` -> `35,271`; `1234.5` -> `1,234.5`."""
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def show(key: str, value: Any) -> str:
+    """One detail's value as people read it."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float) and key in MONEY:
+        return f"${value:,.0f}/yr" if float(value).is_integer() else f"${value:,.2f}/yr"
+    if isinstance(value, int | float):
+        return number(value)
+    if key == "start_time":
+        return when(str(value))
+    if key == "automation_level":
+        return LEVEL_NAMES.get(str(value), str(value))
+    return str(value)
+
+
+def _cell(details: dict[str, Any]) -> str:
+    shown = [f"{DETAIL_LABELS[k]}: {show(k, v)}" for k, v in details.items() if k in DETAIL_LABELS and v != ""]
+    return "; ".join(shown).replace("|", "/").replace("\n", " ")
+
+
+def _rows(journal: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Table rows in the order of the design: every stage, reached or not, and each wait the run came to after
+    the row it came after. A row is `waiting` while its wait is open, `done` once reached or answered."""
+    rows: dict[str, dict[str, Any]] = {stage.value: {"status": "-", "details": {}} for stage in STAGE_ORDER}
+    order = list(rows)
+    previous = UpsellStage.STARTED.value
+    for entry in journal:
+        name = WAIT_ROWS[entry["wait"]][0] if "wait" in entry else entry["stage"]
+        if name not in rows:  # an approval: right after the row the run was at
+            rows[name] = {"status": "-", "details": {}}
+            order.insert(order.index(previous) + 1, name)
+        row = rows[name]
+        row["details"] = {**row["details"], **entry.get("details", {})}
+        if "due" in entry and "answered" not in entry:
+            row["status"], row["due"] = "waiting", entry["due"]
+        elif row["status"] != "waiting" or "answered" in entry:
+            row["status"] = "done"
+        previous = name
+    return {name: rows[name] for name in order}
+
+
+def waiting_for(journal: list[dict[str, Any]]) -> str:
+    """What the run waits for now, with the answer's due time ("" when it is not waiting)."""
+    last = journal[-1] if journal else {}
+    if "wait" not in last or "answered" in last:
+        return ""
+    return f"{WAIT_ROWS[last['wait']][1]} (answer due by {when(last['due'])})"
+
+
 def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
-    """Markdown: one row per workflow state, reached or not, with what happened there."""
-    reached = {entry["stage"]: entry for entry in journal}
-    current = journal[-1]["stage"] if journal else UpsellStage.STARTED.value
+    """Markdown: one row per workflow state, reached or not, and per approval reached, with what happened there."""
+    stages = [entry["stage"] for entry in journal if "stage" in entry]
+    current = waiting_for(journal) or (stages[-1] if stages else UpsellStage.STARTED.value)
+    outcome = journal[-1].get("details", {}).get("outcome") if journal else None
+    if current == UpsellStage.COMPLETED.value and outcome:
+        current = f"{current} ({outcome})"
+    trigger = " ".join(
+        filter(None, [
+            metric_label(alert.metric_type),
+            number(alert.current_value) if alert.current_value is not None else "",
+            f"(threshold {number(alert.threshold)})" if alert.threshold is not None else "",
+        ])
+    )
     lines = [
         f"# Upsell {alert.account_id} / {alert.event_id}",
         "",
         f"**Current stage:** {current}  ",
-        f"**Metric:** {alert.metric_type} = {alert.current_value} (threshold {alert.threshold}),"
-        f" severity {alert.severity.value}",
+        f"**Trigger:** {trigger}, severity {alert.severity.value}",
         "",
         "| Stage | Status | Details |",
         "|---|---|---|",
     ]
-    for stage in STAGE_ORDER:
-        entry = reached.get(stage.value)
-        mark = "done" if entry else "-"
-        details = "; ".join(f"{k}: {v}" for k, v in (entry or {}).get("details", {}).items())
-        lines.append(f"| {stage.value} | {mark} | {details.replace('|', '/')} |")
+    for name, row in _rows(journal).items():
+        details = _cell(row["details"])
+        if row["status"] == "waiting":
+            details = "; ".join(filter(None, [details, f"answer due by {when(row['due'])}"]))
+        lines.append(f"| {name} | {row['status']} | {details} |")
     return "\n".join(lines) + "\n"
 
 
 def publish_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
-    """Publish the run's stage table as a new version of its markdown artifact (`upsell-<alert slug>`)."""
-    stage = UpsellStage(journal[-1]["stage"])
+    """Publish the run's stage table as a new version of its markdown artifact (`upsell-<alert slug>`).
+
+    The description ends with the stage (`...: Waiting Reply`), which the receiver reads back as the run's stage.
+    """
+    stage = [entry["stage"] for entry in journal if "stage" in entry][-1]
+    last = journal[-1]
+    waiting = f" ({WAIT_ROWS[last['wait']][1].lower()})" if "wait" in last and "answered" not in last else ""
     create_markdown_artifact(
         key=f"upsell-{alert.slug}",
         markdown=render_journal(alert, journal),
-        description=f"Upsell {alert.account_id}/{alert.event_id}: {stage.value}",
+        description=f"Upsell {alert.account_id}/{alert.event_id}{waiting}: {stage}",
     )
 
 
@@ -77,7 +199,8 @@ def publish_stage(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
         },
         payload={"stage": stage.value, "flow_run_id": str(flow_run.get_id()), **details},
     )
-    get_run_logger().info("Stage: %s %s", stage.value, details or "")
+    shown = _cell(details)
+    get_run_logger().info("Stage: %s%s", stage.value, f" ({shown})" if shown else "")
 
 
 def announce_integrations(log: bool = True) -> list[str]:
