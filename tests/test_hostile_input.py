@@ -31,7 +31,13 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from flows.models import EVENT_ID_PATTERN, WAIT_INPUTS
 from tasks.runtime.links import LinkToken, sign_token
@@ -611,6 +617,12 @@ schema = schemathesis.pytest.from_fixture("served_schema")
 @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck),
           phases=[Phase.explicit, Phase.generate, Phase.shrink])
 @schema.parametrize()
-def test_every_operation_never_answers_5xx(case: Any, receiver: Receiver) -> None:
-    response = case.call_and_validate(checks=[not_a_server_error], auth=_SignAlerts(), timeout=30)
+def test_every_operation_never_answers_5xx_and_answers_as_documented(case: Any, receiver: Receiver) -> None:
+    """No 5xx, and every answer is one `/openapi.json` documents: its status code, content type, body schema
+    and headers (a client generated from the spec must be able to handle every answer)."""
+    response = case.call_and_validate(
+        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+                response_headers_conformance],
+        auth=_SignAlerts(), timeout=30,
+    )
     receiver.tally[_surface(urlsplit(response.request.url).path), response.status_code] += 1

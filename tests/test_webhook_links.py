@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email import policy
 from email.parser import BytesParser
+from html import unescape
 
 import httpx
 import pytest
@@ -43,10 +44,14 @@ def _token(settings: ReceiverSettings, run_id: str, wait: str, value: dict, ttl_
     return sign_token(link, settings.link_secret.get_secret_value())
 
 
+def _email(runner, event_id: str):
+    with (runner.data_dir / "outbox" / f"{event_id}-email.eml").open("rb") as handle:
+        return BytesParser(policy=policy.default).parse(handle)
+
+
 def _email_links(runner, event_id: str, secret: str) -> tuple[dict[str, str], str, str]:
     """({answer: token}, unsubscribe token, List-Unsubscribe-Post) from the email the run wrote to the outbox."""
-    with (runner.data_dir / "outbox" / f"{event_id}-email.eml").open("rb") as handle:
-        message = BytesParser(policy=policy.default).parse(handle)
+    message = _email(runner, event_id)
     text = message.get_body(preferencelist=("plain",)).get_content()
     replies = {verify_token(t, secret).value["reply"]: t for kind, t in TOKEN_RE.findall(text) if kind == "links"}
     unsubscribe = TOKEN_RE.search(message["List-Unsubscribe"]).group(2)
@@ -65,6 +70,7 @@ def test_reply_and_approval_links(receiver, runner):
     # GET (a mail scanner's prefetch) shows a confirmation page and changes nothing
     page = http.get(f"/links/{replies['yes']}")
     assert page.status_code == 200 and "<form method=post>" in page.text and "no-store" in page.headers["cache-control"]
+    _assert_page_speaks_as_the_email(http, replies, _email(runner, payload["event_id"]), settings)
     time.sleep(1)
     assert read_run(run_id).state.state_details.pause_key == "reply"
 
@@ -106,7 +112,25 @@ def test_reply_and_approval_links(receiver, runner):
     outcome = UpsellOutcome.model_validate(final.state.result())
     assert outcome.reply == "yes" and outcome.reviewer_note == "approved by the link test"
     status = get_status(http, payload["event_id"]).json()
-    assert status["run_state"] == "Completed" and status["run_stage"] == "Completed"
+    # the state's name tells the outcome (Completed type, named e.g. "Won"): the receiver reports it as Prefect has it
+    assert status["run_state"] == final.state.name and status["run_stage"] == "Completed"
+
+
+def _assert_page_speaks_as_the_email(http, replies, message, settings) -> None:
+    """Each reply page says who asks (the email's signature), about the plan the email recommends, with the
+    email's own label for the answer, and the metric in words (never its raw name)."""
+    email_text = message.get_body(preferencelist=("plain",)).get_content()
+    labels = set()
+    for answer, token in replies.items():
+        words = unescape(re.sub(r"<[^>]+>", " ", http.get(f"/links/{token}").text))
+        label = re.search(r"Your answer: (.+?)\.\s", words).group(1)
+        assert label in email_text, (answer, label)  # the words of the button the customer pressed
+        labels.add(label)
+        plan = re.search(r"suggested the (.+?) plan, as your team's trade volume has grown\.", words).group(1)
+        assert plan in message["Subject"] and plan in email_text
+        assert settings.sender_name in words and settings.sender_postal_address in words
+        assert "trade_volume" not in words
+    assert len(labels) == 3
 
 
 def test_one_click_unsubscribe_suppresses_the_next_upsell(receiver, runner):

@@ -21,12 +21,18 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFi
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.api import create_upsell_run, deployment_id_for, resume_wait
-from flows.models import STAGE_ORDER, UsageAlert, automation_level_for
+from flows.models import STAGE_ORDER, UsageAlert, automation_level_for, metric_label
+from tasks.content.untrusted import clean_name
 from tasks.recover_runs import awaits_heartbeat, heartbeat_filter, stalled
+from tasks.runtime.waits import WaitDeadline, deadline_key
+from webhook.models import RunSummary
 from webhook.settings import ReceiverSettings
 
 logger = logging.getLogger("upsell.receiver")
 T = TypeVar("T")
+
+#: The longest a link page waits for what the run says about itself; after that it is shown in general words.
+SUMMARY_TIMEOUT_S = 2.0
 
 
 class PrefectUnavailable(Exception):
@@ -46,6 +52,41 @@ def attached_key(event_id: str) -> str:
     event id is slugged and a short hash of it keeps ids that slug alike apart."""
     slug = re.sub(r"[^a-z0-9]+", "-", event_id.lower()).strip("-")[:150]
     return f"upsell-attached-{slug}-{hashlib.sha256(event_id.encode()).hexdigest()[:8]}"
+
+
+def _dig(data: Any, *path: str) -> Any:
+    """`data[path[0]][path[1]]...`, or None where a level is missing or not a mapping (run data may be odd)."""
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _text(value: Any, field: str) -> str:
+    """A text of the run cleaned as outgoing text (`clean_name`), or "" when it is not a text at all."""
+    return clean_name(value, field) if isinstance(value, str) else ""
+
+
+def summary_from(parameters: dict[str, Any], records: list[str]) -> RunSummary:
+    """The summary of an upsell run from its parameters (the alert) and its wait records, whose step results
+    hold the contract and the plan (`tasks.runtime.waits`). What is missing or unsafe stays empty."""
+    steps: dict[str, Any] = {}
+    for record in records:
+        try:
+            steps.update(WaitDeadline.model_validate_json(record).steps)
+        except ValueError:  # not a record of ours: the rest of the summary still helps
+            continue
+    metric = _dig(parameters, "alert", "metric_type")
+    value = _dig(steps, "plan", "plan", "estimated_value")
+    return RunSummary(
+        account_id=_text(_dig(parameters, "alert", "account_id"), "company_name"),
+        metric=_text(metric_label(metric), "metric") if isinstance(metric, str) else "",
+        recommended_plan=_text(_dig(steps, "plan", "plan", "recommended_plan"), "recommended_plan"),
+        current_plan=_text(_dig(steps, "contract", "current_plan"), "current_plan"),
+        company_name=_text(_dig(steps, "contract", "company_name"), "company_name"),
+        estimated_value=float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None,
+    )
 
 
 class PrefectGateway:
@@ -161,3 +202,22 @@ class PrefectGateway:
         order = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
         known = [stage for stage in stages if stage in order]
         return max(known, key=order.__getitem__) if known else None
+
+    async def run_summary(self, flow_run_id: str) -> RunSummary:
+        """What a link page says about its upsell (plan, account, metric), read from the run; an empty summary
+        when the API is slow or down or the run is gone."""
+        try:
+            run_id = UUID(flow_run_id)
+            async with asyncio.timeout(min(self.settings.prefect_timeout_s, SUMMARY_TIMEOUT_S)):
+                run, records = await asyncio.gather(
+                    self.client.read_flow_run(run_id),
+                    self.client.filter_flow_run_input(run_id, key_prefix=deadline_key(""), limit=20,
+                                                      exclude_keys=set()),
+                )
+        # degrade on purpose: the summary only adds context to a page that works without it, so no failure of
+        # the API (down, slow, an error answer, a deleted run) may turn the page into an error
+        except Exception as exc:
+            logger.info("Link page for flow run %s shown without its details (%s: %s)", flow_run_id,
+                        type(exc).__name__, exc)
+            return RunSummary()
+        return summary_from(run.parameters, [record.value for record in records])

@@ -16,13 +16,15 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_API_URL
 
 from webhook.dispatcher import AlertDispatcher
 from webhook.gateway import PrefectGateway
 from webhook.models import Refused
-from webhook.routes import alerts, health, links
+from webhook.routes import alerts, docs, health, links
+from webhook.security import SecurityHeaders
 from webhook.settings import INSECURE_WARNING, ReceiverSettings
 from webhook.spool import Spool
 from webhook.store import ReceiverStore
@@ -65,7 +67,13 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     def lifespan(app: FastAPI) -> AbstractAsyncContextManager[None]:
         return running(app, settings)
 
-    app = FastAPI(
+    # the docs pages are the `docs` router's (each with its own Content-Security-Policy); FastAPIOffline serves
+    # their Swagger UI and ReDoc files from the app, so /docs works without internet
+    app = FastAPIOffline(
+        docs_url=None,
+        redoc_url=None,
+        static_url=docs.DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
         title="Upsell receiver",
         description="Signed usage alerts become upsell flow runs (once per event id); reply, approval and "
         "one-click unsubscribe links resume or stop them.",
@@ -77,6 +85,8 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(health.router)
     app.include_router(links.router)
+    app.include_router(docs.router)
+    app.add_middleware(SecurityHeaders)
     return app
 
 

@@ -99,3 +99,16 @@ class Health(BaseModel):
     spool_depth: int
     prefect_api: Literal["up", "down", "unknown"]
     prefect_api_url: str
+
+
+class RunSummary(BaseModel):
+    """What a link page can say about the upsell its link answers, read from the flow run (each part may be
+    unknown: the page then words it generally). Every text is cleaned as outgoing text, for it came from the CRM
+    or the planner."""
+
+    account_id: str = ""
+    metric: str = Field(default="", description="The metric as people read it (`metric_label`), never its raw name.")
+    recommended_plan: str = ""
+    current_plan: str = ""
+    company_name: str = ""
+    estimated_value: float | None = None

@@ -7,11 +7,12 @@ import base64
 import hashlib
 import logging
 import re
+from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from prefect.exceptions import ObjectNotFound
 
 from flows.api import NotWaitingError, UpsellRequestError, validate_wait_input
@@ -19,7 +20,15 @@ from flows.models import WAIT_INPUTS
 from tasks.runtime.links import InvalidToken, LinkToken, verify_token
 from webhook.deps import FormBody, GatewayDep, SettingsDep, SpoolDep, StoreDep
 from webhook.gateway import PrefectUnavailable
-from webhook.pages import confirm_form, describe, page
+from webhook.pages import (
+    Sender,
+    confirm_form,
+    confirmation_page,
+    describe_decision,
+    describe_reply,
+    describe_unsubscribe,
+    page,
+)
 from webhook.settings import ReceiverSettings
 
 logger = logging.getLogger("upsell.receiver")
@@ -30,6 +39,37 @@ UNSUBSCRIBE_APPLY_S = 2.0
 
 #: A token as `sign_token` spells it: base64url payload, one dot, base64url MAC, no padding.
 _TOKEN_SPELLING = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
+def _pages(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI answers of a link route: each status it really gives, an HTML page saying why."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {code: {"description": text, "content": html} for code, text in why.items()}
+
+
+_ASKS = "What the link will do, with the button that does it; nothing is changed yet."
+_INVALID = "The link is incomplete, altered, or does not belong here: nothing was changed."
+_EXPIRED = "The link has expired: nothing was changed."
+SHOW_LINK = _pages({200: _ASKS, 403: _INVALID, 410: _EXPIRED + " Or it was already used."})
+USE_LINK = _pages({
+    200: "The answer was recorded.",
+    403: _INVALID + " Or the link carries an answer that cannot be used.",
+    409: "The run is not waiting for this answer (already answered, or not ready yet): nothing was changed.",
+    410: _EXPIRED + " Or it was already used, or the run no longer exists.",
+    503: "Prefect could not be reached: nothing was changed, the link still works.",
+})
+SHOW_UNSUBSCRIBE = _pages({200: _ASKS, 403: _INVALID, 410: _EXPIRED})
+UNSUBSCRIBE = _pages({
+    200: "The address is unsubscribed.",
+    400: "The request does not carry List-Unsubscribe=One-Click: nothing was changed.",
+    403: _INVALID,
+    410: _EXPIRED,
+})
+
+
+def sender_of(settings: ReceiverSettings) -> Sender:
+    """Who the customer's pages say is asking: the name and postal address the email is signed with."""
+    return Sender(settings.sender_name, settings.sender_postal_address)
 
 
 def token_hash(token: str) -> str:
@@ -89,19 +129,26 @@ def used_page() -> Response:
     return page("This link was already used", "Your answer was recorded the first time. Nothing was changed.", 410)
 
 
-@router.get("/links/{token}", response_class=Response, summary="Confirmation page of a reply/approval link")
-async def show_link(token: str, settings: SettingsDep, store: StoreDep) -> Response:
-    """Shows what the link will do; changes nothing (mail scanners prefetch links)."""
+@router.get("/links/{token}", response_class=HTMLResponse, responses=SHOW_LINK,
+            summary="Confirmation page of a reply/approval link")
+async def show_link(token: str, settings: SettingsDep, store: StoreDep, gateway: GatewayDep) -> Response:
+    """Shows what the link will do, and for which upsell; changes nothing (mail scanners prefetch links)."""
     link = open_link(token, settings, unsubscribe=False)
     if isinstance(link, Response):
         return link
     if store.link_used(token_hash(token)):
         return used_page()
-    title, question, label = describe(link.wait, link.value)
-    return page(title, question, form=confirm_form(label))
+    summary = await gateway.run_summary(link.flow_run_id)
+    if link.wait == "reply":
+        sender = sender_of(settings)
+        reply = describe_reply(link.value, summary, sender)
+        return confirmation_page(reply, confirm_form(reply.button), sender)
+    decision = describe_decision(link.wait, link.value, summary)
+    return confirmation_page(decision, confirm_form(decision.button))
 
 
-@router.post("/links/{token}", response_class=Response, summary="Answer a wait with the link's value")
+@router.post("/links/{token}", response_class=HTMLResponse, responses=USE_LINK,
+             summary="Answer a wait with the link's value")
 async def use_link(token: str, settings: SettingsDep, store: StoreDep, gateway: GatewayDep) -> Response:
     """Resumes the run once: the token is marked used (unique key) before the resume is attempted."""
     link = open_link(token, settings, unsubscribe=False)
@@ -127,20 +174,26 @@ async def use_link(token: str, settings: SettingsDep, store: StoreDep, gateway: 
         store.release_link(digest)
         return page("Please try again shortly", "We could not record your answer just now. Nothing was "
                     "changed; the link still works.", 503)
-    return page("Thank you", "Your answer was recorded.")
+    if link.wait == "reply":
+        return page("Thank you", "Your answer was recorded.", sender=sender_of(settings))
+    return page("Thank you", "Your decision was recorded.")
 
 
-@router.get("/unsubscribe/{token}", response_class=Response, summary="Unsubscribe confirmation page")
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=SHOW_UNSUBSCRIBE,
+            summary="Unsubscribe confirmation page")
 async def show_unsubscribe(token: str, settings: SettingsDep) -> Response:
     """Asks for confirmation; changes nothing (RFC 8058 clients POST instead)."""
     link = open_link(token, settings, unsubscribe=True)
     if isinstance(link, Response):
         return link
-    title, question, label = describe(link.wait, link.value)
-    return page(title, question, form=confirm_form(label, {"List-Unsubscribe": "One-Click"}))
+    sender = sender_of(settings)
+    confirmation = describe_unsubscribe(link.value, sender)
+    return confirmation_page(confirmation, confirm_form(confirmation.button, {"List-Unsubscribe": "One-Click"}),
+                             sender)
 
 
-@router.post("/unsubscribe/{token}", response_class=Response, summary="RFC 8058 one-click unsubscribe")
+@router.post("/unsubscribe/{token}", response_class=HTMLResponse, responses=UNSUBSCRIBE,
+             summary="RFC 8058 one-click unsubscribe")
 async def unsubscribe(token: str, request_body: FormBody, settings: SettingsDep, store: StoreDep,
                       spool: SpoolDep) -> Response:
     """With body `List-Unsubscribe=One-Click`: the contact gets no more upsell emails.
@@ -164,4 +217,4 @@ async def unsubscribe(token: str, request_body: FormBody, settings: SettingsDep,
     applied = await spool.apply_unsubscribes(timeout_s=UNSUBSCRIBE_APPLY_S)
     logger.info("Unsubscribe of %s recorded (flow run %s)%s", email, link.flow_run_id,
                 "" if applied else "; it will be applied when Prefect and the store answer")
-    return page("You are unsubscribed", f"{email} will receive no more of these emails.")
+    return page("You are unsubscribed", f"{email} will receive no more of these emails.", sender=sender_of(settings))
