@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import time
@@ -365,12 +366,23 @@ def reply(
     typer.echo(f"Resumed {flow_run_id} with reply {answer}")
 
 
+def login_name() -> str:
+    """The operator's login name, or "" where the system cannot tell."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 @app.command()
 def approve(
     flow_run_id: Annotated[str, typer.Argument(help="The waiting upsell run.")],
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving.")] = False,
     value: Annotated[float | None, typer.Option(help="Estimated value (review/opportunity waits).")] = None,
     note: Annotated[str, typer.Option(help="Reviewer note.")] = "",
+    reviewer: Annotated[
+        str, typer.Option(help="Who decides, shown on the run's stage table (default: your login name).")
+    ] = "",
     subject: Annotated[str, typer.Option(help="Edited email subject (email approval).")] = "",
     body: Annotated[
         Path | None,
@@ -390,7 +402,7 @@ def approve(
             kind = await waiting_for(client, flow_run_id)
             if kind is None or kind == "reply":
                 raise NotWaitingError(f"flow run {flow_run_id} is not waiting for an approval ({kind or 'not paused'})")
-            answer: dict[str, Any] = {"approved": not reject, "note": note}
+            answer: dict[str, Any] = {"approved": not reject, "note": note, "reviewer": reviewer or login_name()}
             if kind in ("review", "approve-opportunity"):
                 if value is None:
                     raise UpsellRequestError("--value is required to answer a review (the estimated value)")

@@ -422,6 +422,9 @@ class EmailApproval(RunInput):
         " and the unsubscribe link are added when the email is sent. Leave empty to send the drafted message.",
     )
     note: str = Field(default="", title="Note for the team", description="Why you approved, changed or stopped it.")
+    reviewer: str = Field(
+        default="", title="Your name", description="Who decided: shown on the run's stage table.", max_length=100
+    )
 
 
 class MeetingApproval(RunInput):
@@ -431,6 +434,9 @@ class MeetingApproval(RunInput):
         title="Book the meeting", description="Tick to book the follow-up meeting with the customer."
     )
     note: str = Field(default="", title="Note for the team", description="Optional: why, or what to prepare.")
+    reviewer: str = Field(
+        default="", title="Your name", description="Who decided: shown on the run's stage table.", max_length=100
+    )
 
 
 class OpportunityReview(RunInput):
@@ -443,6 +449,9 @@ class OpportunityReview(RunInput):
         description="The added yearly revenue you expect from this upsell, in dollars (0 or more).",
     )
     note: str = Field(default="", title="Note for the team", description="Optional: why you approved or rejected it.")
+    reviewer: str = Field(
+        default="", title="Your name", description="Who decided: shown on the run's stage table.", max_length=100
+    )
 
     @model_validator(mode="after")
     def _finite_value(self) -> OpportunityReview:

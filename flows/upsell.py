@@ -457,7 +457,7 @@ def _decision_link(settings: UpsellSettings, wait: str, value: dict[str, Any], e
 
 
 def answer_details(request: WaitRequest[Any], answer: RunInput) -> dict[str, Any]:
-    """What a wait's answer says, for the artifact: the decision, who took it (when the form says), the value
+    """What a wait's answer says, for the artifact: the decision, who took it (when they gave their name), the value
     and the note, and which of the form's texts the reviewer edited."""
     given = answer.model_dump(mode="json")
     details: dict[str, Any] = {}
@@ -467,9 +467,8 @@ def answer_details(request: WaitRequest[Any], answer: RunInput) -> dict[str, Any
         expired = EXPIRED_WAIT_INPUT.get(request.kind, {}).get("note")
         timed_out = not given["approved"] and given.get("note") == expired
         details["decision"] = "not answered in time" if timed_out else ("approved" if given["approved"] else "rejected")
-    for who in ("reviewer", "answered_by", "by"):  # no form names who answered yet; shown once one does
-        if given.get(who):
-            details["by"] = given[who]
+    if given.get("reviewer"):
+        details["by"] = given["reviewer"]
     if given.get("approved") and "estimated_value" in given:
         details["estimated_value"] = given["estimated_value"]
     edited = [

@@ -15,7 +15,7 @@ from prefect.runtime import flow_run
 from blocks.interfaces import SlackPost
 from blocks.registry import resolve
 from flows.models import CustomerReply, SlackResult, UpsellPlan, UsageAlert
-from tasks.content.outgoing import allowed_links, mrkdwn, slack_problems
+from tasks.content.outgoing import allowed_links, decision_buttons, mrkdwn, slack_problems
 from tasks.content.untrusted import clean_name
 from tasks.post_slack_summary import run_url, ui_base_url
 from tasks.runtime.once import run_once
@@ -77,20 +77,7 @@ def build_notice(
         },
     ]
     if decision_links:
-        blocks.append(
-            {
-                "type": "actions",
-                "elements": [
-                    {
-                        "type": "button",
-                        "text": {"type": "plain_text", "text": label.title()},
-                        "url": url,
-                        "style": "primary" if label == "approve" else "danger",
-                    }
-                    for label, url in decision_links.items()
-                ],
-            }
-        )
+        blocks.append(decision_buttons(decision_links))
     return SlackPost(text=text, blocks=blocks)
 
 

@@ -9,7 +9,7 @@ from prefect.settings import PREFECT_UI_URL
 from blocks.interfaces import SlackPost
 from blocks.registry import resolve
 from flows.models import AutomationLevel, ContractData, EmailResult, PlanResult, SlackResult, UsageAlert
-from tasks.content.outgoing import allowed_links, mrkdwn, slack_problems
+from tasks.content.outgoing import allowed_links, decision_buttons, mrkdwn, slack_problems
 from tasks.content.untrusted import clean_name, clean_text
 from tasks.runtime.once import run_once
 from tasks.runtime.policy import FETCH_STEP, step_options
@@ -80,20 +80,7 @@ def build_summary(
         },
     ]
     if decision_links:
-        blocks.append(
-            {
-                "type": "actions",
-                "elements": [
-                    {
-                        "type": "button",
-                        "text": {"type": "plain_text", "text": label.title()},
-                        "url": url,
-                        **({"style": "primary"} if label == "approve" else {"style": "danger"}),
-                    }
-                    for label, url in decision_links.items()
-                ],
-            }
-        )
+        blocks.append(decision_buttons(decision_links))
     return SlackPost(text=text, blocks=blocks)
 
 

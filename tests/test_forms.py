@@ -120,7 +120,7 @@ def test_the_review_form_keeps_its_limits_and_help_and_prefect_refuses_a_negativ
     assert answer(run_id, {"approved": True, "estimated_value": -5, "note": ""}) == SetStateStatus.REJECT
     assert read_run(run_id).state.is_paused()  # still waiting: nothing was stored
     assert answer(run_id, {"approved": True, "estimated_value": 1200.5, "note": "checked"}) == SetStateStatus.ACCEPT
-    assert future.result(timeout=60) == {"approved": True, "estimated_value": 1200.5, "note": "checked"}
+    assert future.result(timeout=60) == {"approved": True, "estimated_value": 1200.5, "note": "checked", "reviewer": ""}
 
 
 def test_the_email_form_is_not_approved_by_default_and_its_message_holds_no_link(pool):

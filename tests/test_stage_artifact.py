@@ -132,3 +132,16 @@ def test_the_published_artifact_follows_the_review_of_a_real_run(event_id):
         "| Review | done | decision: approved; estimated value: $4,321/yr; note: checked the numbers |"
     )
     assert "**Current stage:** Completed (Won)" in final and "| Meeting Scheduled | done |" in final
+
+
+def test_the_reviewer_who_gives_a_name_is_recorded_with_the_answer():
+    from flows.inputs import WaitRequest
+    from flows.models import OpportunityReview
+    from flows.upsell import answer_details
+
+    request = WaitRequest("review", OpportunityReview, 60, "Review", {"approved": False, "estimated_value": 100.0})
+    answer = OpportunityReview(approved=True, estimated_value=150, note="checked", reviewer="Dana Reviewer")
+    assert answer_details(request, answer) == {
+        "decision": "approved", "by": "Dana Reviewer", "estimated_value": 150.0, "note": "checked"
+    }  # fmt: skip
+    assert "by" not in answer_details(request, OpportunityReview(approved=False, estimated_value=0))

@@ -172,3 +172,19 @@ def slack_problems(text: str, blocks: list[dict[str, Any]], allowed: AllowedLink
 def mrkdwn(text: str) -> str:
     """Escape a data value for Slack mrkdwn (`&`, `<`, `>`), so no link, mention or ping can be formed from it."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def decision_buttons(decision_links: dict[str, str]) -> dict[str, Any]:
+    """A Block Kit `actions` block with one button per signed decision link (approve in primary, others danger)."""
+    return {
+        "type": "actions",
+        "elements": [
+            {
+                "type": "button",
+                "text": {"type": "plain_text", "text": label.title()},
+                "url": url,
+                "style": "primary" if label == "approve" else "danger",
+            }
+            for label, url in decision_links.items()
+        ],
+    }
