@@ -13,12 +13,10 @@ from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from blocks.interfaces import SlackPost
-from blocks.registry import resolve
 from flows.models import CustomerReply, SlackResult, UpsellPlan, UsageAlert
 from tasks.content.outgoing import allowed_links, decision_buttons, mrkdwn, slack_problems
 from tasks.content.untrusted import clean_name
-from tasks.post_slack_summary import run_url, ui_base_url
-from tasks.runtime.once import run_once
+from tasks.post_slack_summary import post_once, run_url, ui_base_url
 from tasks.runtime.policy import FETCH_STEP, step_options
 from tasks.runtime.progress import when
 from tasks.runtime.settings import get_settings
@@ -110,25 +108,9 @@ def notify_reviewer(
     if withheld:  # the account's data is not shown; the team still learns that a decision waits
         logger.warning("Reviewer notice for event %s shortened by the safety check: %s", alert.event_id, withheld)
         message = build_plain_notice(wait, due, link)
-    notifier = resolve("slack", settings).client
-    store = resolve("store", settings).client
-    try:
-        done = run_once(
-            store,
-            alert.event_id,
-            notice_step(wait),
-            lambda: dict(zip(("channel", "ts"), notifier.post(message), strict=True)),
-        )
-    finally:
-        store.close()
-    provider = type(notifier).__name__
-    if done.status == "unknown":
-        logger.warning("Whether the sales team was told about the %s decision is unknown: %s", wait, done.detail)
-        return SlackResult(posted=False, provider=provider, error=done.detail, outcome_unknown=True)
-    result = done.result or {}
-    if done.status == "done":
-        logger.info("Sales team told in %s that a decision waits: %s", result.get("channel"), DECISIONS[wait])
-    return SlackResult(
-        posted=True, channel=result.get("channel", ""), ts=result.get("ts"), provider=provider,
-        withheld="; ".join(withheld),
-    )
+    result, status = post_once(settings, alert.event_id, notice_step(wait), message, withheld)
+    if status == "unknown":
+        logger.warning("Whether the sales team was told about the %s decision is unknown: %s", wait, result.error)
+    elif status == "done":
+        logger.info("Sales team told in %s that a decision waits: %s", result.channel, DECISIONS[wait])
+    return result

@@ -13,7 +13,7 @@ from tasks.content.outgoing import allowed_links, decision_buttons, mrkdwn, slac
 from tasks.content.untrusted import clean_name, clean_text
 from tasks.runtime.once import run_once
 from tasks.runtime.policy import FETCH_STEP, step_options
-from tasks.runtime.settings import get_settings
+from tasks.runtime.settings import UpsellSettings, get_settings
 
 SLACK_STEP = "post_slack_summary"
 
@@ -115,23 +115,34 @@ def post_slack_summary(
         message = build_withheld_notice(alert, link, withheld)
         if slack_problems(message.text, message.blocks, allowed):
             return SlackResult(posted=False, error="summary and notice withheld", withheld="; ".join(withheld))
+    result, status = post_once(settings, alert.event_id, SLACK_STEP, message, withheld)
+    if status == "unknown":
+        logger.warning("Slack summary for event %s has an unknown outcome; flagged for a human", alert.event_id)
+        return result
+    logger.info("Slack summary %s in %s", "posted" if status == "done" else "already posted", result.channel)
+    return result
+
+
+def post_once(
+    settings: UpsellSettings, event_id: str, step: str, message: SlackPost, withheld: list[str]
+) -> tuple[SlackResult, str]:
+    """Post `message` once per (event, step) through the resolved Slack client, as its idempotency record says:
+    the result, and the record's status (`done`: posted now; a repeat returns the first post; `unknown`: an
+    earlier attempt died during the post, which is never repeated)."""
     notifier = resolve("slack", settings).client
     store = resolve("store", settings).client
     try:
         done = run_once(
-            store, alert.event_id, SLACK_STEP, lambda: dict(zip(("channel", "ts"), notifier.post(message), strict=True))
+            store, event_id, step, lambda: dict(zip(("channel", "ts"), notifier.post(message), strict=True))
         )
     finally:
         store.close()
-    provider = type(notifier).__name__
-    reason = "; ".join(withheld)
+    provider, reason = type(notifier).__name__, "; ".join(withheld)
     if done.status == "unknown":
-        logger.warning("Slack summary for event %s has an unknown outcome; flagged for a human", alert.event_id)
-        return SlackResult(posted=False, provider=provider, error=done.detail, withheld=reason, outcome_unknown=True)
-    result = done.result or {}
-    logger.info(
-        "Slack summary %s in %s", "posted" if done.status == "done" else "already posted", result.get("channel")
-    )
+        return SlackResult(
+            posted=False, provider=provider, error=done.detail, withheld=reason, outcome_unknown=True
+        ), done.status
+    posted = done.result or {}
     return SlackResult(
-        posted=True, channel=result.get("channel", ""), ts=result.get("ts"), provider=provider, withheld=reason
-    )
+        posted=True, channel=posted.get("channel", ""), ts=posted.get("ts"), provider=provider, withheld=reason
+    ), done.status
