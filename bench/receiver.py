@@ -5,7 +5,10 @@
    concurrency; printed with the ratio to (1) (target >= 0.8). The two alternate over `--rounds` rounds (raw
    first in odd rounds, receiver first in even ones), so the server's drift as its database grows falls on
    both alike; each rate is total runs over total seconds.
-3. Spool: alerts/s accepted into the spool (202 queued) with the Prefect API stopped (target >= 1,000/s).
+3. Spool: alerts/s accepted into the spool (202 queued) with the Prefect API stopped (target >= 1,000/s), and
+   its baseline measured in the same run: the same client posting the same signed bodies to the smallest
+   FastAPI endpoint under uvicorn (`minimal_app`: read the body, answer 202), which is what the machine allows
+   any FastAPI receiver; printed as a ratio to it.
 
 It starts its own Prefect server and receiver as subprocesses (own PREFECT_HOME and database) and stops them
 by PID. Example: `.venv/bin/python bench/receiver.py --runs 300 --spool 3000 --concurrency 8`
@@ -59,6 +62,43 @@ def start_prefect(home: Path, port: int, env: dict[str, str]) -> subprocess.Pope
     )
     wait_http(f"http://127.0.0.1:{port}/api/health", proc)
     return proc
+
+
+def minimal_app():  # noqa: ANN201 - an ASGI app, for `uvicorn --factory`
+    """The spool's baseline: a FastAPI endpoint that reads the body and answers 202, nothing else."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.post("/alerts")
+    async def accept(request: Request) -> JSONResponse:
+        await request.body()
+        return JSONResponse({"queued": True}, status_code=202)
+
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def minimal_rate(n: int, concurrency: int, log: Path) -> float:
+    """Alerts/s the same client gets from `minimal_app` under uvicorn (one worker, as the receiver)."""
+    from webhook.ports import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "bench.receiver:minimal_app", "--port", str(port),
+         "--log-level", "warning", "--no-access-log"], cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/healthz", proc)
+        seconds, ok = asyncio.run(post_all(url, alert_bodies(n, "floor"), concurrency, "queued"))
+        return ok / seconds
+    finally:
+        stop_process(proc)
 
 
 def alert_bodies(n: int, tag: str) -> list[bytes]:
@@ -240,8 +280,11 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(post_all(url, alert_bodies(1, "detect"), 1, "queued"))  # the first one finds the API down
         seconds, queued = asyncio.run(post_all(url, alert_bodies(args.spool, "spool"), args.concurrency, "queued"))
         depth = httpx.get(f"{url}/healthz").json()["spool_depth"]
+        floor = minimal_rate(args.spool, args.concurrency, work / "minimal.log")
         print(f"spool, API down                  : {queued / seconds:8.1f} alerts/s ({queued}/{args.spool} queued, "
               f"spool depth {depth})  (target >= 1000)")
+        print(f"minimal FastAPI endpoint (floor) : {floor:8.1f} alerts/s, same client and concurrency")
+        print(f"ratio spool / minimal endpoint   : {queued / seconds / floor:8.2f}")
 
         server = start_prefect(work, prefect_port, prefect_env)
         started = time.perf_counter()
