@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+from fastapi import FastAPI, Request  # module level: the handlers' annotations resolve here
+from fastapi.responses import JSONResponse
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -66,9 +68,6 @@ def start_prefect(home: Path, port: int, env: dict[str, str]) -> subprocess.Pope
 
 def minimal_app():  # noqa: ANN201 - an ASGI app, for `uvicorn --factory`
     """The spool's baseline: a FastAPI endpoint that reads the body and answers 202, nothing else."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-
     app = FastAPI()
 
     @app.post("/alerts")
@@ -96,6 +95,8 @@ def minimal_rate(n: int, concurrency: int, log: Path) -> float:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", proc)
         seconds, ok = asyncio.run(post_all(url, alert_bodies(n, "floor"), concurrency, "queued"))
+        if ok != n:
+            raise RuntimeError(f"the minimal endpoint accepted {ok} of {n} posts")
         return ok / seconds
     finally:
         stop_process(proc)
