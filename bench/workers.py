@@ -33,6 +33,7 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 from bench.upsells import answer_yes_until, create_upsells, own_prefect_server, state_label, upsell_runs_among  # noqa: E402
+from bench.waiting import descendants  # noqa: E402
 from deployments.stack import Stack  # noqa: E402
 
 
@@ -85,7 +86,13 @@ def main() -> None:
         stop = threading.Event()
         answer_yes_until(stop, run_ids)
         at_kill = states_at_kill_moment(run_ids, created + args.kill_after_s, args.kill_when_running)
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and every flow-run process it started
+        flow_processes, _ = descendants(worker.pid)  # Prefect may start them in sessions of their own
+        os.killpg(worker.pid, signal.SIGKILL)  # the worker's group, then every flow-run process it started
+        for pid in flow_processes:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         worker.wait()
         killed = time.monotonic()
         print(f"worker killed {killed - created:.1f}s after the runs were created; states then: "
