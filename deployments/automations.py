@@ -17,13 +17,14 @@ ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
 
 
 def zombie_automation() -> Automation:
-    """Crash an upsell run when no heartbeat, final state or wait follows its last heartbeat within 90 s."""
+    """Crash an upsell run when no heartbeat, final state or wait follows its start or last heartbeat within 90 s."""
     return Automation(
         name=ZOMBIE_AUTOMATION,
         description="Marks upsell flow runs Crashed when their heartbeats stop (the executing process died);"
         " the upsell-recovery sweep then reschedules them.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            # from its start too: a process killed before its first heartbeat is as dead as one that stopped beating
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
             # any event of the run answers: its next heartbeat, a wait (Suspended and Paused end the heartbeats on
             # purpose) or a final state, whatever its name (a finished upsell is named for its outcome: Won,
             # Declined, ...; the event is `prefect.flow-run.<state name>`). A dead process sends none.
