@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 blocks_app = typer.Typer(help="Prefect blocks of the integrations.", no_args_is_help=True)
 app.add_typer(blocks_app, name="blocks")
+playbooks_app = typer.Typer(help="Playbooks: which accounts get which upsell.", no_args_is_help=True)
+app.add_typer(playbooks_app, name="playbooks")
 
 
 def _dev_secret_file(data_dir: Path) -> Path:
@@ -601,3 +603,22 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@playbooks_app.command("check")
+def playbooks_check(
+    file: Annotated[Path, typer.Argument(help="The playbook file (YAML).", dir_okay=False)],
+) -> None:
+    """Validate a playbook file: print `ok` and the playbooks in the order they are tried, or each error with its
+    line and field (exit code 1)."""
+    from flows.playbooks import PlaybookFileError, load_playbooks
+
+    try:
+        book = load_playbooks(file)
+    except PlaybookFileError as exc:
+        for problem in exc.problems:
+            typer.echo(f"{file}:{problem}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo("ok")
+    for playbook in book.all:
+        typer.echo(f"  {playbook.name}: {playbook.description or '-'}")

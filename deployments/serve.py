@@ -22,9 +22,11 @@ from blocks.limits import ensure_rate_limits
 from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
 from deployments.stack import api_is_up
 from flows.backfill import upsell_backfill
+from flows.playbooks import PlaybookFileError, load_playbooks
 from flows.recovery import upsell_recovery
 from flows.reply_timeouts import reply_timeouts
 from flows.upsell import upsell
+from tasks.runtime.settings import UpsellSettings
 
 try:
     from deployments.inprocess import InProcessRunner
@@ -188,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.executing < 1:
         parser.error("--executing must be at least 1")
+    try:  # the flows read it at every start: an invalid file would fail every run, so serving refuses it now
+        load_playbooks(UpsellSettings().playbooks_file)
+    except PlaybookFileError as exc:
+        parser.exit(2, f"Invalid playbooks: {exc}\n")
     if not args.no_rate_limits:
         with get_client(sync_client=True) as client:
             for name, rate in ensure_rate_limits(client).items():

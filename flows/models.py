@@ -344,6 +344,7 @@ class Opportunity(BaseModel):
     reviewer_note: str = ""
     flow_run_id: str | None = None
     occurred_at: datetime | None = None
+    playbook: str = Field(default="default", description="The playbook the upsell followed (flows/playbooks.py).")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -44,6 +44,7 @@ from flows.models import (
     WaitKind,
     automation_level_for,
 )
+from flows.playbooks import DEFAULT_PLAYBOOK, Playbook, PlaybookFile, load_playbooks
 from tasks.ask_claude_for_plan import ask_claude_for_plan
 from tasks.content.untrusted import UnsafeData
 from tasks.create_zoom_meeting import create_zoom_meeting
@@ -150,7 +151,8 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
     try:  # data that cannot be made safe stops the upsell here, before anything is written to anyone
         usage = journal.step("usage", UsageData, lambda: run.task(fetch_usage)(alert))
         contract = journal.step("contract", ContractData, lambda: run.task(fetch_contract)(alert.account_id))
-        journal.reach(UpsellStage.FETCHING_DATA, **data_details(usage, contract))
+        run.follow(run.playbooks.choose(alert, contract))
+        journal.reach(UpsellStage.FETCHING_DATA, **data_details(usage, contract), playbook=run.playbook.name)
         planned = journal.step("plan", PlanResult, lambda: run.task(ask_claude_for_plan)(usage, contract))
     except UnsafeData as exc:
         reason = f"stopped before any message: {exc}"
@@ -233,8 +235,21 @@ class UpsellRun:
     reply_timeout_s: float
     approval_timeout_s: float
     standins: list[str]
+    playbooks: PlaybookFile = field(default_factory=PlaybookFile)
+    #: The account's playbook: chosen on the alert at the start, on the contract once it is known.
+    playbook: Playbook = DEFAULT_PLAYBOOK
+    #: Whether the reply timeout was given as a parameter (then the playbook's does not replace it).
+    reply_timeout_given: bool = False
     #: Outward steps an earlier attempt died in: never repeated, flagged for a human.
     unknown: list[str] = field(default_factory=list)
+
+    def follow(self, playbook: Playbook) -> None:
+        """Follow `playbook` from here on: its reply timeout, unless the run was given one."""
+        self.playbook = playbook
+        if playbook.reply_timeout_hours is not None and not self.reply_timeout_given:
+            self.reply_timeout_s = playbook.reply_timeout_hours * 3600
+        if not self.journal.replaying:
+            get_run_logger().info("Playbook %r for account %s", playbook.name, self.alert.account_id)
 
     @property
     def alert(self) -> UsageAlert:
@@ -300,6 +315,7 @@ class UpsellRun:
             reviewer_note=note,
             flow_run_id=str(flow_run.get_id()),
             occurred_at=alert.occurred_at,
+            playbook=self.playbook.name,
         )
 
     def final_status(self, note: str) -> tuple[UpsellStatus, str]:
@@ -354,6 +370,7 @@ def start_run(
 ) -> UpsellRun:
     """The run's level and timeouts (the parameters, else the settings); reaches `Started`."""
     settings = get_settings()
+    playbooks = load_playbooks(settings.playbooks_file)  # an invalid file fails the run here, before any step
     run = UpsellRun(
         journal,
         settings,
@@ -361,7 +378,10 @@ def start_run(
         reply_timeout_s=reply_timeout_s or settings.reply_timeout_s,
         approval_timeout_s=approval_timeout_s or settings.approval_timeout_s,
         standins=announce_integrations(log=not journal.replaying),
+        playbooks=playbooks,
+        reply_timeout_given=reply_timeout_s is not None,
     )
+    run.follow(playbooks.choose(journal.alert))
     journal.reach(UpsellStage.STARTED, automation_level=run.level.value, standins=", ".join(run.standins) or None)
     return run
 
@@ -384,6 +404,7 @@ def stopped_opportunity(run: UpsellRun, reason: str) -> Opportunity:
         reviewer_note=reason,
         flow_run_id=str(flow_run.get_id()),
         occurred_at=alert.occurred_at,
+        playbook=run.playbook.name,
     )
 
 

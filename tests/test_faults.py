@@ -65,10 +65,10 @@ def _calls(data_dir: Path, name: str, account: str) -> int:
 
 @pytest.fixture(scope="module")
 def faulty(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    """A serving process of its own (`upsell/upsell-faults`, threads), restarted with the hook set per test."""
+    """A serving process of its own (`upsell/upsell-faults`, threads), restarted with the hook set per test (each
+    test kills it first, so it is not waited for here)."""
     served = Runner(prefect_server, tmp_path_factory.mktemp("faults") / "data", name_suffix="faults")
     try:
-        served.wait_ready()
         yield served
     finally:
         served.stop()

@@ -20,6 +20,7 @@ from fastapi_offline import FastAPIOffline
 from prefect.client.orchestration import PrefectClient
 from prefect.settings import PREFECT_API_URL
 
+from flows.playbooks import load_playbooks
 from webhook.dispatcher import AlertDispatcher
 from webhook.gateway import PrefectGateway
 from webhook.models import Refused
@@ -81,6 +82,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.playbooks = load_playbooks(settings.playbooks_file)  # an invalid file: the receiver does not start
     app.exception_handler(Refused)(refused)
     app.include_router(alerts.router)
     app.include_router(health.router)

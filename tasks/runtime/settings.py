@@ -69,6 +69,10 @@ class UpsellSettings(BaseSettings):
     max_contract_spend: float = Field(
         default=1e9, gt=0, description="A contract spend from the CRM above this stops the upsell for review."
     )
+    playbooks_file: Path | None = Field(
+        default=None,
+        description="The playbooks (YAML, see flows/playbooks.py); unset: the built-in default playbook only.",
+    )
 
     @model_validator(mode="after")
     def _links_follow_the_receiver_port(self) -> UpsellSettings:
