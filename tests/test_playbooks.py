@@ -3,17 +3,15 @@ segment, `upsell playbooks check`, and the receiver and the serving process refu
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from deployments.cli import app
+from deployments.serve import main as serve_main
 from flows.models import AutomationLevel, ContractData, UsageAlert
 from flows.playbooks import DEFAULT_PLAYBOOK, PlaybookFileError, load_playbooks, parse_playbooks
-from tests.conftest import REPO
 from webhook.main import create_app
 from webhook.settings import ReceiverSettings
 
@@ -120,7 +118,9 @@ def test_upsell_playbooks_check_prints_ok_or_each_error(tmp_path: Path) -> None:
     assert missing.exit_code == 1 and "cannot read" in missing.output
 
 
-def test_the_receiver_and_the_serving_process_refuse_an_invalid_file(tmp_path: Path) -> None:
+def test_the_receiver_and_the_serving_process_refuse_an_invalid_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD)
     with pytest.raises(PlaybookFileError):
@@ -130,14 +130,12 @@ def test_the_receiver_and_the_serving_process_refuse_an_invalid_file(tmp_path: P
     assert create_app(ReceiverSettings(playbooks_file=good, webhook_secrets=["s" * 32])).state.playbooks.named(
         "enterprise"
     )
-    served = subprocess.run(
-        [sys.executable, "-m", "deployments.serve", "--no-rate-limits", "--sweep-interval", "0"],
-        cwd=REPO, env={"PATH": "/usr/bin:/bin", "UPSELL_PLAYBOOKS_FILE": str(bad), "HOME": str(tmp_path),
-                       "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert served.returncode == 2, served.stderr
-    assert "Invalid playbooks" in served.stderr and "line 7: playbooks.1.automation_level" in served.stderr
+    monkeypatch.setenv("UPSELL_PLAYBOOKS_FILE", str(bad))
+    with pytest.raises(SystemExit) as exited:  # before it talks to any Prefect API
+        serve_main(["--no-rate-limits", "--sweep-interval", "0"])
+    assert exited.value.code == 2
+    served = capsys.readouterr()
+    assert "Invalid playbooks" in served.err and "line 7: playbooks.1.automation_level" in served.err
 
 
 def test_the_flow_follows_the_accounts_playbook_and_records_it_on_the_opportunity(
