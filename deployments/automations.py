@@ -14,17 +14,27 @@ ZOMBIE_AUTOMATION = "upsell-crash-zombie-runs"
 #: The serving processes' heartbeat (Prefect's minimum is 30 s); three missed beats mean the process died.
 HEARTBEAT_S = 30
 ZOMBIE_AFTER_S = 3 * HEARTBEAT_S
+#: The events after which a run must show a sign of life within ZOMBIE_AFTER_S.
+WATCHED_EVENTS = (
+    "prefect.flow-run.Submitting",
+    "prefect.flow-run.Pending",
+    "prefect.flow-run.Running",
+    "prefect.flow-run.heartbeat",
+)
 
 
 def zombie_automation() -> Automation:
-    """Crash an upsell run when no heartbeat, final state or wait follows its start or last heartbeat within 90 s."""
+    """Crash an upsell run when no heartbeat, state change or wait follows its hand-over, start or last heartbeat
+    within 90 s."""
     return Automation(
         name=ZOMBIE_AUTOMATION,
         description="Marks upsell flow runs Crashed when their heartbeats stop (the executing process died);"
         " the upsell-recovery sweep then reschedules them.",
         trigger=EventTrigger(
-            # from its start too: a process killed before its first heartbeat is as dead as one that stopped beating
-            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
+            # from its start too (a process killed before its first heartbeat is as dead as one that stopped
+            # beating), and from its hand-over to a runner or worker (Submitting, then Pending: one that died
+            # before starting the run leaves it there; a live one moves it to Running within seconds)
+            after=set(WATCHED_EVENTS),
             # any event of the run answers: its next heartbeat, a wait (Suspended and Paused end the heartbeats on
             # purpose) or a final state, whatever its name (a finished upsell is named for its outcome: Won,
             # Declined, ...; the event is `prefect.flow-run.<state name>`). A dead process sends none.

@@ -148,8 +148,10 @@ def test_serving_creates_the_zombie_automation_once(prefect_server: str) -> None
     assert trigger["posture"] == "Proactive" and trigger["within"] == timedelta(seconds=ZOMBIE_AFTER_S)
     # any event of the run (a wait, a final state named for its outcome, a heartbeat) is not a death
     assert trigger["expect"] == {"prefect.flow-run.*"}
-    # the silence is timed from the run's start as well as from each heartbeat: killed before its first beat counts
-    assert trigger["after"] == {"prefect.flow-run.Running", "prefect.flow-run.heartbeat"}
+    # the silence is timed from the hand-over to a runner or worker, the start and each heartbeat: a process
+    # killed before it started the run, or before its first beat, is as dead as one that stopped beating
+    assert trigger["after"] == {"prefect.flow-run.Submitting", "prefect.flow-run.Pending", "prefect.flow-run.Running",
+                                "prefect.flow-run.heartbeat"}  # fmt: skip
     assert [a.state for a in saved.actions] == [StateType.CRASHED]  # type: ignore[union-attr]
     # an automation saved by an earlier version is brought up to date
     saved.trigger.expect = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed"}  # type: ignore[union-attr]
