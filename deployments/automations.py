@@ -53,7 +53,8 @@ def zombie_automation() -> Automation:
         actions=[
             ChangeFlowRunState(
                 state=StateType.CRASHED,
-                message=f"No heartbeat for {ZOMBIE_AFTER_S} s: the process running this upsell died.",
+                message=f"No heartbeat or state change for {ZOMBIE_AFTER_S} s: the process running or starting this"
+                " upsell died.",
             )
         ],
     )
