@@ -601,10 +601,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 @playbooks_app.command("check")
 def playbooks_check(
     file: Annotated[Path, typer.Argument(help="The playbook file (YAML).", dir_okay=False)],
@@ -622,3 +618,7 @@ def playbooks_check(
     typer.echo("ok")
     for playbook in book.all:
         typer.echo(f"  {playbook.name}: {playbook.description or '-'}")
+
+
+if __name__ == "__main__":
+    main()
