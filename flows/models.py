@@ -405,6 +405,12 @@ class CustomerReplyInput(RunInput):
         return data
 
 
+#: The optional "Your name" field of every approval form (shown with the decision on the stage table).
+ReviewerName = Annotated[
+    str, Field(title="Your name", description="Who decided: shown on the run's stage table.", max_length=100)
+]
+
+
 class EmailApproval(RunInput):
     """A reviewer's decision on the upsell email (HUMAN_INTERVENTION).
 
@@ -423,9 +429,7 @@ class EmailApproval(RunInput):
         " and the unsubscribe link are added when the email is sent. Leave empty to send the drafted message.",
     )
     note: str = Field(default="", title="Note for the team", description="Why you approved, changed or stopped it.")
-    reviewer: str = Field(
-        default="", title="Your name", description="Who decided: shown on the run's stage table.", max_length=100
-    )
+    reviewer: ReviewerName = ""
 
 
 class MeetingApproval(RunInput):
@@ -435,9 +439,7 @@ class MeetingApproval(RunInput):
         title="Book the meeting", description="Tick to book the follow-up meeting with the customer."
     )
     note: str = Field(default="", title="Note for the team", description="Optional: why, or what to prepare.")
-    reviewer: str = Field(
-        default="", title="Your name", description="Who decided: shown on the run's stage table.", max_length=100
-    )
+    reviewer: ReviewerName = ""
 
 
 class OpportunityReview(RunInput):
@@ -450,9 +452,7 @@ class OpportunityReview(RunInput):
         description="The added yearly revenue you expect from this upsell, in dollars (0 or more).",
     )
     note: str = Field(default="", title="Note for the team", description="Optional: why you approved or rejected it.")
-    reviewer: str = Field(
-        default="", title="Your name", description="Who decided: shown on the run's stage table.", max_length=100
-    )
+    reviewer: ReviewerName = ""
 
     @model_validator(mode="after")
     def _finite_value(self) -> OpportunityReview:
