@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from uuid import UUID
 
 from prefect.blocks.core import Block
@@ -98,3 +99,17 @@ def saved_blocks(documents: dict[str, Block]) -> Iterator[None]:
             except Exception as exc:  # delete the rest, then fail: a leftover document breaks other tests
                 failures.append(f"{name}: {exc!r}")
         assert not failures, f"block documents not deleted: {failures}"
+
+
+def run_answering_reply(alert: Any, reply: str = "no") -> Any:
+    """A direct call of the upsell flow (in a thread) whose reply wait is answered `reply`: its UpsellOutcome."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.upsell import upsell
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(upsell, alert)
+        run_id = find_run_id(alert.run_name)
+        wait_until_paused(run_id, "reply")
+        resume(run_id, "reply", {"reply": reply})
+        return future.result(timeout=60)

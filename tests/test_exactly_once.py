@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -15,17 +14,12 @@ from flows.api import UpsellRequestError, send_customer_reply, trigger_upsell_wo
 from flows.models import UpsellOutcome, UpsellStatus
 from flows.upsell import upsell
 from tasks.send_email_draft import EMAIL_STEP
-from tests.support import find_run_id, resume, task_runs, wait_until_final, wait_until_paused
+from tests.support import run_answering_reply, task_runs, wait_until_final, wait_until_paused
 from tests.test_flow_levels import alert_for, emails
 
 
 def _run_full(alert, reply: str = "no") -> UpsellOutcome:
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(upsell, alert)
-        run_id = find_run_id(alert.run_name)
-        wait_until_paused(run_id, "reply")
-        resume(run_id, "reply", {"reply": reply})
-        return future.result(timeout=60)
+    return run_answering_reply(alert, reply)
 
 
 def test_rerun_of_the_same_event_sends_no_second_email(data_dir, event_id):

@@ -141,11 +141,9 @@ def test_the_receiver_and_the_serving_process_refuse_an_invalid_file(
 def test_the_flow_follows_the_accounts_playbook_and_records_it_on_the_opportunity(
     tmp_path: Path, data_dir: Path, event_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
     from blocks.mongo import SqliteOpportunityStore
     from flows.upsell import upsell
-    from tests.support import find_run_id, resume, wait_until_paused
+    from tests.support import run_answering_reply
 
     playbooks = tmp_path / "playbooks.yaml"
     playbooks.write_text("playbooks:\n  - name: big-spenders\n    segment: {spend_min: 1000000000}\n"
@@ -153,12 +151,7 @@ def test_the_flow_follows_the_accounts_playbook_and_records_it_on_the_opportunit
     monkeypatch.setenv("UPSELL_PLAYBOOKS_FILE", str(playbooks))
     alert = UsageAlert(event_id=event_id, account_id="12345", metric_type="trade_volume", current_value=150,
                        threshold=100, severity="critical")  # fmt: skip
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(upsell, alert)
-        run_id = find_run_id(alert.run_name)
-        wait_until_paused(run_id, "reply")
-        resume(run_id, "reply", {"reply": "no"})
-        future.result(timeout=60)
+    run_answering_reply(alert, "no")
     logged = SqliteOpportunityStore(data_dir / "upsell.db").get_opportunity(event_id)
     assert logged is not None and logged.playbook == "trading"  # the spend band did not match this contract
 

@@ -20,7 +20,7 @@ from tasks.content.outgoing import allowed_links, slack_problems
 from tasks.notify_reviewer import build_notice
 from tasks.runtime.links import verify_token
 from tasks.runtime.settings import get_settings
-from tests.support import find_run_id, resume, wait_until_final, wait_until_paused
+from tests.support import find_run_id, resume, run_answering_reply, wait_until_final, wait_until_paused
 
 
 def slack_records(data_dir: Path, run_id: UUID | str) -> list[dict]:
@@ -78,12 +78,8 @@ def test_the_email_approval_is_announced_before_anything_is_sent_and_its_links_a
 
 def test_a_run_at_full_automation_asks_nobody_and_posts_no_notice(data_dir, event_id):
     alert = UsageAlert(event_id=event_id, account_id="12345", metric_type="trade_volume", severity="critical")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(upsell, alert)
-        run_id = find_run_id(alert.run_name)
-        wait_until_paused(run_id, "reply")
-        resume(run_id, "reply", {"reply": "maybe"})
-        future.result(timeout=60)
+    run_answering_reply(alert, "maybe")
+    run_id = find_run_id(alert.run_name)
     records = slack_records(data_dir, run_id)
     assert len(records) == 1 and not notices(data_dir, run_id)  # the summary only
 
