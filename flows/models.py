@@ -239,6 +239,16 @@ class ContractData(BaseModel):
     def contact_email(self) -> str:
         return self.contact_info.get("email", "")
 
+    @property
+    def contact_timezone(self) -> str:
+        """The contact's IANA time zone (`contact_info.timezone`), UTC when the CRM has none."""
+        return self.contact_info.get("timezone", "") or "UTC"
+
+    @property
+    def contact_country(self) -> str:
+        """The contact's ISO 3166 country code (`contact_info.country`), '' when the CRM has none."""
+        return self.contact_info.get("country", "").strip().upper()
+
 
 class UpsellPlan(BaseModel):
     """An upsell recommendation (the reference design's UpsellPlan), validated."""
@@ -345,6 +355,8 @@ class Opportunity(BaseModel):
     flow_run_id: str | None = None
     occurred_at: datetime | None = None
     playbook: str = Field(default="default", description="The playbook the upsell followed (flows/playbooks.py).")
+    variant: str = Field(default="", description="The playbook's A/B variant of the email; '' outside an experiment.")
+    follow_up_sent: bool = Field(default=False, description="Whether the one follow-up email went out.")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
