@@ -122,6 +122,8 @@ def receiver(prefect_server: str, tmp_path_factory: pytest.TempPathFactory,
 # ---- strategies: hostile JSON ----
 
 HUGE = st.sampled_from([10**400, -(10**400), 2**1024, 10**4000, 2**63, -(2**63) - 1])
+#: Integers no float holds (2**63 is a finite float: pydantic 2.14 accepts it as one, as it should).
+NOT_FINITE = st.sampled_from([10**400, -(10**400), 2**1024, 10**4000])
 NUMBERS = st.integers() | st.floats(allow_nan=False, allow_infinity=False) | HUGE
 NUMBER_WORDS = st.sampled_from(["NaN", "nan", "-NaN", "Infinity", "-Infinity", "inf", "+inf", "1e400", "0x1F",
                                 "1_000", "", " ", "null", "true", "150", "\u0661\u0665\u0660"])
@@ -130,7 +132,7 @@ LEAVES = st.none() | st.booleans() | NUMBERS | TEXT | NUMBER_WORDS
 JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
                     max_leaves=12)
 NOT_STRINGS = JSON.filter(lambda v: not isinstance(v, str))
-NOT_NUMBERS = JSON.filter(lambda v: isinstance(v, str | bool | list | dict) or v is None) | HUGE
+NOT_NUMBERS = JSON.filter(lambda v: isinstance(v, str | bool | list | dict) or v is None) | NOT_FINITE
 NEGATIVE = st.integers(max_value=-1) | st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
 
 _event_id = re.compile(EVENT_ID_PATTERN)
