@@ -97,6 +97,11 @@ class SesEmailClient:
             raise SendOutcomeUnknown(f"SES send for {idempotency_key} has an unknown outcome: {exc}") from exc
         return str(response["MessageId"])
 
+    def header_message_id(self, provider_id: str) -> str:
+        """The Message-ID the recipient sees on the email SES sent as `provider_id` (SES replaces ours with it)."""
+        region = self.client.meta.region_name
+        return f"<{provider_id}@{'email' if region == 'us-east-1' else region}.amazonses.com>"
+
     def close(self) -> None:
         self.client.close()
 

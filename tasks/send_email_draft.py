@@ -1,4 +1,4 @@
-"""Step 4: compose the personalised upsell email and send it exactly once."""
+"""Step 4: compose the personalised upsell email and send it exactly once; later, at most one follow-up."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ import time
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
+from blocks.interfaces import EmailSender
 from blocks.registry import resolve
+from blocks.ses import SesEmailClient
 from flows.models import ContractData, EmailDraft, EmailResult, UpsellPlan, UsageAlert, UsageData
-from tasks.content.email import build_message, compose_email
+from tasks.content.email import (
+    DEFAULT_TEMPLATE,
+    EmailKind,
+    build_message,
+    compose_email,
+    compose_follow_up,
+    message_id_for,
+)
 from tasks.content.outgoing import allowed_links, email_problems
 from tasks.runtime.links import LinkToken, link_for
 from tasks.runtime.once import run_once
@@ -17,13 +26,23 @@ from tasks.runtime.policy import SEND_STEP, step_options
 from tasks.runtime.settings import get_settings
 
 EMAIL_STEP = "send_email_draft"
+FOLLOW_UP_STEP = "send_follow_up"
 
 
-def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, plan: UpsellPlan) -> EmailDraft:
+def draft_email(
+    alert: UsageAlert,
+    usage: UsageData,
+    contract: ContractData,
+    plan: UpsellPlan,
+    *,
+    template: str = DEFAULT_TEMPLATE,
+    subject: str | None = None,
+) -> EmailDraft:
     """Compose the email with signed yes/no/maybe links and a one-click unsubscribe link.
 
     A plain function, not a task: it calls nothing outside this process. The flow records the draft with
-    the step results at its next wait, so a resumed run uses the draft that was sent.
+    the step results at its next wait, so a resumed run uses the draft that was sent. `template` and
+    `subject` come from the playbook or its A/B variant.
     """
     settings = get_settings()
     secret = settings.link_secret.get_secret_value()
@@ -59,10 +78,17 @@ def draft_email(alert: UsageAlert, usage: UsageData, contract: ContractData, pla
         unsubscribe_url=unsubscribe,
         sender_name=settings.sender_name,
         sender_postal_address=settings.sender_postal_address,
+        template=template,
+        subject=subject,
     )
 
 
-@task(**step_options("send_email_draft", SEND_STEP))
+def draft_follow_up(alert: UsageAlert, contract: ContractData, first: EmailDraft) -> EmailDraft:
+    """The follow-up to the first email: "Re:" its subject, its answer and unsubscribe links (a plain function)."""
+    return compose_follow_up(first=first, contract=contract, metric_type=alert.metric_type)
+
+
+@task(**step_options(EMAIL_STEP, SEND_STEP))
 def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
     """Check the email, then send it once per event: a retry, a resume or a re-run never sends it again.
 
@@ -70,34 +96,66 @@ def send_email_draft(alert: UsageAlert, draft: EmailDraft) -> EmailResult:
     that is not the product's own, more than one recipient or a dirty header is not sent (status `blocked`),
     and the flow hands the upsell to a human with the problems found.
     """
+    return _send_once(alert, draft, EMAIL_STEP, "offer")
+
+
+@task(**step_options(FOLLOW_UP_STEP, SEND_STEP))
+def send_follow_up(alert: UsageAlert, draft: EmailDraft, first_provider_id: str | None) -> EmailResult:
+    """Send the follow-up once per event, in the first email's thread, under the same checks as the first.
+
+    `first_provider_id` is the first email's `EmailResult.message_id`: with SES the recipient's copy carries
+    an id derived from it (SES replaces our Message-ID), so the follow-up names that id as well as ours.
+    """
+    return _send_once(alert, draft, FOLLOW_UP_STEP, "follow-up", first_provider_id)
+
+
+def _thread(alert: UsageAlert, sender: EmailSender, first_provider_id: str | None) -> tuple[str, list[str]]:
+    """In-Reply-To and References of a reply to the event's first email: the id the customer's copy carries
+    (SES's, when SES sent it) and every id that email is known by."""
+    ours = message_id_for(alert.event_id, "offer", sender.from_address)
+    seen = ours
+    if first_provider_id and isinstance(sender, SesEmailClient):
+        seen = sender.header_message_id(first_provider_id)
+    return seen, [ours, seen]
+
+
+def _send_once(
+    alert: UsageAlert, draft: EmailDraft, step: str, kind: EmailKind, first_provider_id: str | None = None
+) -> EmailResult:
+    """The final check, the suppression check, then one send of the event's email of `kind` (`run_once`)."""
+    what = "Email" if kind == "offer" else "Follow-up"
     logger = get_run_logger()
     settings = get_settings()
     problems = email_problems(draft, allowed_links(settings.public_base_url))
     if problems:
-        logger.warning("Email for event %s withheld by the safety check: %s", alert.event_id, "; ".join(problems))
+        logger.warning("%s for event %s withheld by the safety check: %s", what, alert.event_id, "; ".join(problems))
         return EmailResult(status="blocked", detail="; ".join(problems))
     store = resolve("store", settings).client
     try:
         if store.is_suppressed(draft.to):
-            logger.info("Contact unsubscribed; no email for event %s", alert.event_id)
+            logger.info("Contact unsubscribed; no %s for event %s", what.lower(), alert.event_id)
             return EmailResult(status="suppressed", detail="contact unsubscribed")
         sender = resolve("email", settings).client
         provider = type(sender).__name__
-        message = build_message(draft, from_address=sender.from_address, from_name=sender.from_name)
-        done = run_once(
-            store,
-            alert.event_id,
-            EMAIL_STEP,
-            lambda: {"message_id": sender.send(message, idempotency_key=f"{alert.event_id}-email")},
+        in_reply_to, references = _thread(alert, sender, first_provider_id) if kind == "follow-up" else (None, [])
+        message = build_message(
+            draft,
+            from_address=sender.from_address,
+            from_name=sender.from_name,
+            message_id=message_id_for(alert.event_id, kind, sender.from_address),
+            in_reply_to=in_reply_to,
+            references=references,
         )
+        key = f"{alert.event_id}-{'email' if kind == 'offer' else kind}"
+        done = run_once(store, alert.event_id, step, lambda: {"message_id": sender.send(message, idempotency_key=key)})
     finally:
         store.close()
     if done.status == "unknown":
-        logger.warning("Email for event %s has an unknown outcome; flagged for a human, not resent", alert.event_id)
+        logger.warning("%s for event %s has an unknown outcome; flagged for a human, not resent", what, alert.event_id)
         return EmailResult(status="unknown", provider=provider, detail=done.detail)
     message_id = (done.result or {}).get("message_id")
     if done.status == "already":
-        logger.info("Email for event %s was already sent (%s); not sending again", alert.event_id, message_id)
+        logger.info("%s for event %s was already sent (%s); not sending again", what, alert.event_id, message_id)
         return EmailResult(status="already_sent", message_id=message_id, provider=provider)
-    logger.info("Email for event %s sent via %s (message id %s)", alert.event_id, provider, message_id)
+    logger.info("%s for event %s sent via %s (message id %s)", what, alert.event_id, provider, message_id)
     return EmailResult(status="sent", message_id=message_id, provider=provider)

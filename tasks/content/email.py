@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from functools import cache
-from typing import Any
+from string import Formatter
+from typing import Any, Literal
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
 from flows.models import ContractData, EmailDraft, UpsellPlan, UsageData, metric_label
-from tasks.content.untrusted import clean_name, clean_text
+from tasks.content.untrusted import clean_name, clean_text, normalise
 
 ANSWER_LABELS = {"yes": "Yes, let's talk", "no": "No, thanks", "maybe": "Maybe later"}
+#: The bundled message templates a playbook or a variant may name, each `<file>.txt.j2` and `<file>.html.j2`.
+#: Only these: the frame (`upsell_email.*`) and the follow-up's message are not a choice of the playbook.
+MESSAGE_TEMPLATES = {"upsell_email": "upsell_message", "upsell_short": "upsell_message_short"}
+DEFAULT_TEMPLATE = "upsell_email"
+#: The placeholders a configured subject line may use.
+SUBJECT_FIELDS = frozenset({"company", "plan"})
+EmailKind = Literal["offer", "follow-up"]
 
 
 @cache
@@ -45,14 +53,20 @@ def compose_email(
     unsubscribe_url: str,
     sender_name: str,
     sender_postal_address: str,
+    template: str = DEFAULT_TEMPLATE,
+    subject: str | None = None,
 ) -> EmailDraft:
     """The personalised upsell email, in text and HTML, with one link per answer.
 
     Every value from the CRM, the usage source or the planner goes through the untrusted-text policy again
     here, so the message is built from clean parts only (the Subject included); `send_email_draft` checks
     the built message once more before it leaves. The metric is named in words (`metric_label`), also where
-    the planner's text quotes its raw name.
+    the planner's text quotes its raw name. `template` names the message (one of `available_templates()`),
+    `subject` a configured subject line (an A/B variant's; see `subject_for`).
     """
+    if template not in MESSAGE_TEMPLATES:
+        raise ValueError(f"unknown email template {template!r}; bundled: {', '.join(sorted(MESSAGE_TEMPLATES))}")
+    stem = MESSAGE_TEMPLATES[template]
     first_name = clean_name(contract.contact_info.get("name", ""), "contact_name").split(" ")[0]
     current_plan = clean_name(contract.current_plan, "current_plan")
     threshold = usage.additional_context.get("threshold")
@@ -70,10 +84,10 @@ def compose_email(
         "justification": in_words(clean_text(plan.justification, "justification")),
     }
     env = _templates()
-    message = env.get_template("upsell_message.txt.j2").render(values)
+    message = env.get_template(f"{stem}.txt.j2").render(values)
     draft = EmailDraft(
         to=contract.contact_email,
-        subject=subject_for(contract.company_name, recommended),
+        subject=subject_for(contract.company_name, recommended, subject),
         body_text="",
         body_html="",
         reply_links=reply_links,
@@ -82,7 +96,25 @@ def compose_email(
         sender_name=sender_name,
         sender_postal_address=sender_postal_address,
     )
-    return _framed(draft, message, Markup(env.get_template("upsell_message.html.j2").render(values)))
+    return _framed(draft, message, Markup(env.get_template(f"{stem}.html.j2").render(values)))
+
+
+def available_templates() -> set[str]:
+    """The message template names a playbook or a variant may give (`template:`)."""
+    return set(MESSAGE_TEMPLATES)
+
+
+def compose_follow_up(*, first: EmailDraft, contract: ContractData, metric_type: str) -> EmailDraft:
+    """A short follow-up in the first email's thread: "Re:" its subject, the same answer and unsubscribe links."""
+    values = {
+        "contact_name": clean_name(contract.contact_info.get("name", ""), "contact_name").split(" ")[0] or "there",
+        "metric_label": clean_name(metric_label(metric_type), "metric", "usage"),
+    }
+    env = _templates()
+    subject = first.subject if first.subject.startswith("Re: ") else f"Re: {first.subject}"
+    draft = first.model_copy(update={"subject": subject})
+    message = env.get_template("follow_up_message.txt.j2").render(values)
+    return _framed(draft, message, Markup(env.get_template("follow_up_message.html.j2").render(values)))
 
 
 def with_message(draft: EmailDraft, message: str) -> EmailDraft:
@@ -118,11 +150,30 @@ def _metric_in_words(metric_type: str) -> Callable[[str], str]:
     return lambda text: raw.sub(label, text) if raw is not None else text
 
 
-def subject_for(company_name: str, recommended_plan: str) -> str:
-    """The Subject, built only from cleaned parts (no control character can reach the header)."""
+def subject_for(company_name: str, recommended_plan: str, line: str | None = None) -> str:
+    """The Subject, built only from cleaned parts (no control character can reach the header).
+
+    `line` is a configured subject (trusted text, still normalised for the header) whose `{company}` and
+    `{plan}` are filled with the cleaned values; any other placeholder is a ValueError (`check_subject`).
+    """
     company = clean_name(company_name, "company_name")
     plan = clean_name(recommended_plan, "recommended_plan", "a larger plan")
+    if line is not None:
+        return normalise(check_subject(line).format_map({"company": company or "your team", "plan": plan}))
     return f"{company}: room to grow with {plan}" if company else f"Room to grow with {plan}"
+
+
+def check_subject(line: str) -> str:
+    """`line` if its only placeholders are `{company}` and `{plan}` (no attribute, index, conversion or format
+    spec), else ValueError; usable as a pydantic validator of a configured subject."""
+    try:
+        fields = [(name, spec, conversion) for _text, name, spec, conversion in Formatter().parse(line)]
+    except ValueError as exc:  # a lone "{" or "}"
+        raise ValueError(f"the subject is not a valid template: {exc} (write a brace as {{{{ or }}}})") from None
+    for name, spec, conversion in fields:
+        if name is not None and (name not in SUBJECT_FIELDS or spec or conversion):
+            raise ValueError("the subject may hold only the placeholders {company} and {plan}")
+    return line
 
 
 _LIST_ITEM = re.compile(r"^\s*[-*\u2022]\s+")
@@ -142,14 +193,41 @@ def text_to_html(text: str) -> str:
     return "\n".join(blocks)
 
 
-def build_message(draft: EmailDraft, *, from_address: str, from_name: str = "") -> EmailMessage:
-    """An RFC 5322 message with text and HTML parts and one-click unsubscribe headers (RFC 8058)."""
+def message_id_for(event_id: str, kind: EmailKind, from_address: str) -> str:
+    """The Message-ID of the event's email of `kind`: the same for every attempt, so a retry builds the same
+    message and the follow-up can name the first email. The event id is escaped one-to-one into the id's
+    allowed characters (`.` and `:` would be invalid or ambiguous there)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c == "-") else f"_{ord(c):02x}" for c in event_id)
+    return f"<upsell.{safe}.{kind}@{_domain(from_address)}>"
+
+
+def _domain(from_address: str) -> str:
+    return from_address.rsplit("@", 1)[-1] or "upsell.local"
+
+
+def build_message(
+    draft: EmailDraft,
+    *,
+    from_address: str,
+    from_name: str = "",
+    message_id: str | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+) -> EmailMessage:
+    """An RFC 5322 message with text and HTML parts and one-click unsubscribe headers (RFC 8058).
+
+    `message_id` is a random one when not given; `in_reply_to` (the id the first email reached the customer
+    with) and `references` (every id that email is known by) put this message in its thread.
+    """
     message = EmailMessage()
     message["From"] = formataddr((from_name, from_address)) if from_name else from_address
     message["To"] = draft.to
     message["Subject"] = draft.subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid(domain=from_address.rsplit("@", 1)[-1] or "upsell.local")
+    message["Message-ID"] = message_id or make_msgid(domain=_domain(from_address))
+    if in_reply_to:
+        message["In-Reply-To"] = in_reply_to
+        message["References"] = " ".join(dict.fromkeys([*references, in_reply_to]))
     if draft.unsubscribe_url:
         message["List-Unsubscribe"] = f"<{draft.unsubscribe_url}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
