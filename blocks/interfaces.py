@@ -116,6 +116,10 @@ class OpportunityStore(Protocol):
 
     def list_opportunities(self, account_id: str | None = None, limit: int = 100) -> list[Opportunity]: ...
 
+    def opportunities_since(self, since: datetime | None) -> list[Opportunity]:
+        """The opportunities logged (`created_at`) at or after `since`, all when None; oldest first."""
+        ...
+
     def add_suppression(self, email: str, reason: str) -> None:
         """Never email this address again (unsubscribe)."""
         ...

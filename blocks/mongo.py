@@ -6,7 +6,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS suppressions (
 
 def _now_text() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _utc(moment: datetime) -> datetime:
+    """The moment in UTC; a naive one is taken as UTC (how the stores write times)."""
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class SqliteOpportunityStore:
@@ -158,6 +163,20 @@ class SqliteOpportunityStore:
         with self._lock:
             rows = self._db.execute(query, (*args, limit)).fetchall()
         return [Opportunity.model_validate_json(r[0]) for r in rows]
+
+    def opportunities_since(self, since: datetime | None) -> list[Opportunity]:
+        query = "SELECT document FROM opportunities"
+        args: tuple[str, ...] = ()
+        if since is not None:
+            # the column holds created_at as it was written (ISO text, whatever its offset): the text comparison
+            # gets a day's margin (more than any offset), the exact bound is applied to the parsed times
+            query, args = query + " WHERE created_at >= ?", ((_utc(since) - timedelta(days=1)).isoformat(),)
+        with self._lock:
+            rows = self._db.execute(query, args).fetchall()
+        found = [Opportunity.model_validate_json(r[0]) for r in rows]
+        return sorted(
+            (o for o in found if since is None or _utc(o.created_at) >= _utc(since)), key=lambda o: _utc(o.created_at)
+        )
 
     def add_suppression(self, email: str, reason: str) -> None:
         with self._lock:
@@ -318,6 +337,12 @@ class MongoStore:
         self.ensure_indexes()
         query = {} if account_id is None else {"account_id": account_id}
         cursor = self.opportunities.find(query).sort([("created_at", DESCENDING)]).limit(limit)
+        return [self._opportunity(doc) for doc in cursor]
+
+    def opportunities_since(self, since: datetime | None) -> list[Opportunity]:
+        self.ensure_indexes()
+        query = {} if since is None else {"created_at": {"$gte": _utc(since)}}  # a BSON date range (indexed)
+        cursor = self.opportunities.find(query).sort([("created_at", ASCENDING)])
         return [self._opportunity(doc) for doc in cursor]
 
     # ---- suppressions ----

@@ -20,6 +20,7 @@ from prefect.settings import PREFECT_API_URL
 
 from blocks.limits import ensure_rate_limits
 from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
+from deployments.report_job import upsell_report
 from deployments.stack import api_is_up
 from flows.backfill import upsell_backfill
 from flows.playbooks import PlaybookFileError, load_playbooks
@@ -45,6 +46,7 @@ FLOWS: dict[str, Any] = {
     "flows/reply_timeouts.py:reply_timeouts": reply_timeouts,
     "flows/recovery.py:upsell_recovery": upsell_recovery,
     "flows/backfill.py:upsell_backfill": upsell_backfill,
+    "deployments/report_job.py:upsell_report": upsell_report,
 }
 #: Flow runs in flight at once (threads, or processes with --processes); runs waiting for a reply hold none.
 DEFAULT_LIMIT = 400
@@ -126,7 +128,7 @@ def _schedule(declared: dict[str, Any], sweep_interval_s: int | None) -> dict[st
 
 def build_deployments(sweep_interval_s: int | None = SWEEP_INTERVAL_S, name_suffix: str = "") -> list[RunnerDeployment]:
     """The deployments of prefect.yaml (`upsell`, the `reply-timeouts` sweep, the `upsell-recovery` sweep, the
-    daily `upsell-backfill`), served by this process instead of a work pool.
+    daily `upsell-backfill`, the weekly `upsell-report`), served by this process instead of a work pool.
 
     `sweep_interval_s=0` serves them without schedules (tests and the demo trigger them explicitly).
     `name_suffix` names each deployment `<name>-<suffix>`: a second set beside the main one, which a runner

@@ -1,19 +1,22 @@
 """What a customer and a reviewer do, in a real Chromium: the customer opens the emailed reply link, confirms
 on the receiver's page and the run goes on; a reviewer opens a suspended run in the Prefect UI, presses Resume,
 fills the typed form (an out-of-range value is refused) and the run finishes; the stage artifact page shows the
-run's progress. Every step leaves a screenshot (see tests/browser.py)."""
+run's progress; the sales lead opens the funnel report and its charts are drawn. Every step leaves a screenshot
+(see tests/browser.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -31,8 +34,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from blocks.mongo import SqliteOpportunityStore
 from deployments.stack import stop_process
 from flows.api import build_alert, create_upsell_run, send_customer_reply
-from flows.models import AutomationLevel, UpsellOutcome
+from flows.models import AutomationLevel, Opportunity, UpsellOutcome
+from flows.report import default_since
 from tasks.runtime.links import verify_token
+from tests import test_report as report_data
 from tests.browser import (  # noqa: F401  (the fixtures `browser` and `page`)
     browser_fixture,
     off_the_browser_loop,
@@ -335,3 +340,52 @@ def test_stage_artifact_page_shows_the_runs_progress(
     # the table of stages is rendered as a table, not shown as raw markdown
     assert page.get_by_role("table").count() >= 1 or "|" not in markdown
     screenshot(page, tmp_path, "stage-artifact")
+
+
+# ---- the sales lead: the funnel report, served by the receiver ----
+
+
+def _showcase_upsells(start: datetime) -> list[Opportunity]:
+    """Eight weeks of upsells from `start`: an A/B test in `growth` that A wins, and `enterprise` outside any test."""
+    rng = random.Random(7)
+    upsells = []
+    for week in range(8):
+        for i in range(20):
+            playbook, variant = ("growth", "AB"[i % 2]) if i < 18 else ("enterprise", "")
+            chance = {"A": 0.38, "B": 0.17, "": 0.3}[variant]
+            emailed = rng.random() < 0.92
+            answer = rng.choices(["yes", "no", "maybe", "no_reply"], [chance, 0.3, 0.15, 0.55 - chance])[0]
+            upsells.append(report_data.upsell(
+                playbook, variant, start + timedelta(days=7 * week + i % 5, hours=9 + i % 8), emailed=emailed,
+                reply=answer if emailed else "no_reply", meeting=emailed and answer == "yes" and rng.random() < 0.7,
+                value=float(rng.choice([12_000, 24_000, 36_000, 60_000]))))
+    return upsells
+
+
+def test_sales_lead_reads_the_funnel_report(page: Page, prefect_server: str, tmp_path: Path) -> None:
+    monday = default_since(datetime.now(UTC).date(), 9)
+    start = datetime(monday.year, monday.month, monday.day, tzinfo=UTC)
+    alerts = [(week * 7 + i % 5, i % 3 != 0) for week in range(8) for i in range(30 + 3 * week)]
+    data = tmp_path / "report-data"
+    report_data.seed(data, start, _showcase_upsells(start), alerts)
+    settings = ReceiverSettings(webhook_secrets=SECRET, data_dir=data, receiver_db=data / "receiver.db",
+                                prefect_api_url=prefect_server, report_token=report_data.TOKEN)
+    with ReceiverThread(settings) as server:
+        page.set_extra_http_headers({"Authorization": f"Bearer {report_data.TOKEN}"})
+        violations = _csp_violations(page)
+        opened = page.goto(f"{server.url}/report")
+        assert opened is not None and opened.status == 200, opened and opened.text()
+        for chart in ("funnel", "weekly", "rates"):  # each chart is drawn, at a readable size
+            box = page.locator(f"svg.{chart}").bounding_box()
+            assert box is not None and box["width"] > 400 and box["height"] > 100, (chart, box)
+        drawn = "rects => rects.map(r => { const b = r.getBoundingClientRect(); return [b.width, b.height]; })"
+        funnel = page.locator("svg.funnel rect.bar").evaluate_all(drawn)
+        assert len(funnel) == 9 and all(w > 0 and h > 10 for w, h in funnel[:4])  # alerts .. emailed all drawn
+        weekly = page.locator("svg.weekly rect.bar").evaluate_all(drawn)
+        assert len(weekly) == 9 * 5 and max(h for _, h in weekly) > 100  # nine weeks (this one too), five series
+        assert sum(1 for w, h in weekly if h > 0 and w > 0) >= 8 * 4
+        whiskers = page.locator("svg.rates line.whisker").evaluate_all(drawn.replace("rects", "lines"))
+        assert len(whiskers) == 6 and all(w > 0 for w, _ in whiskers)  # yes and meeting of three variants
+        page.get_by_text("A leads (p").first.wait_for()  # the A/B test is called, in plain words
+        screenshot(page, tmp_path, "report")
+    assert not violations, f"the report page breaks its own Content-Security-Policy: {violations}"

@@ -31,7 +31,7 @@ def test_every_entrypoint_is_a_flow_with_the_declared_parameters():
         assert deployment["work_pool"]["name"] == "upsell-pool"
         assert flow.description, "Prefect shows the docstring"
         names.add(deployment["name"])
-    assert names == {"upsell", "reply-timeouts", "upsell-recovery", "upsell-backfill"}
+    assert names == {"upsell", "reply-timeouts", "upsell-recovery", "upsell-backfill", "upsell-report"}
     served = {d.name for d in build_deployments()}
     assert served == names  # `upsell serve` and prefect.yaml describe the same deployments
 
@@ -41,6 +41,7 @@ def test_schedules_are_declared():
     assert by_name["reply-timeouts"]["schedules"] == [{"interval": 300}]
     assert by_name["upsell-recovery"]["schedules"] == [{"interval": 60}]
     assert by_name["upsell-backfill"]["schedules"][0]["cron"]
+    assert by_name["upsell-report"]["schedules"] == [{"cron": "0 7 * * 1", "timezone": "UTC"}]  # Mondays 07:00 UTC
     assert by_name["upsell"]["enforce_parameter_schema"] is True
 
 

@@ -98,7 +98,7 @@ def test_only_upsell_runs_carry_the_upsell_tag():
     declared = {d["name"]: d["tags"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
     assert declared == {
         "upsell": ["upsell"], "reply-timeouts": ["maintenance"], "upsell-recovery": ["maintenance"],
-        "upsell-backfill": ["maintenance"],
+        "upsell-backfill": ["maintenance"], "upsell-report": ["report"],
     }  # fmt: skip
     served = {d.name: d.tags for d in build_deployments(sweep_interval_s=0)}
     assert served == declared  # what `upsell serve` / `upsell up` register

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,24 @@ def test_list_by_account_newest_first_with_limit(store: OpportunityStore) -> Non
     assert [o.created_at for o in listed] == sorted((o.created_at for o in listed), reverse=True)
     assert [o.event_id for o in store.list_opportunities(account, limit=2)] == [ids[2], ids[0]]
     assert {o.account_id for o in store.list_opportunities(other)} == {other}
+
+
+def test_opportunities_since_returns_those_logged_from_then_oldest_first(store: OpportunityStore) -> None:
+    start = datetime(2026, 4, 6, tzinfo=UTC)
+    later, before, at_start, naive = _evt(), _evt(), _evt(), _evt()
+    store.upsert_opportunity(_opportunity(later, created_at=start + timedelta(days=3)))
+    store.upsert_opportunity(_opportunity(before, created_at=start - timedelta(seconds=1)))
+    # the same moment as `start`, written with another offset (its text sorts before the start's day)
+    store.upsert_opportunity(_opportunity(at_start, created_at=start.astimezone(timezone(timedelta(hours=-5)))))
+    store.upsert_opportunity(_opportunity(naive, created_at=datetime(2026, 4, 7, 12)))  # naive: taken as UTC
+
+    assert [o.event_id for o in store.opportunities_since(start)] == [at_start, naive, later]
+    assert [o.event_id for o in store.opportunities_since(None)] == [before, at_start, naive, later]
+    assert [o.event_id for o in store.opportunities_since(start + timedelta(days=1, hours=13))] == [later]
+    assert [o.event_id for o in store.opportunities_since(datetime(2026, 4, 6))] == [at_start, naive, later]
+    assert store.opportunities_since(start + timedelta(days=4)) == []
+    found = store.opportunities_since(start)[-1]
+    assert (found.playbook, found.reply, found.email_message_id) == ("default", CustomerReply.YES, "msg-1")
 
 
 def test_suppression_is_case_insensitive_and_idempotent(store: OpportunityStore) -> None:

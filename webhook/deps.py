@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from blocks.interfaces import OpportunityStore
+from blocks.registry import resolve
 from tasks.runtime.signing import SIGNATURE_HEADER
 from webhook.dispatcher import AlertDispatcher
 from webhook.gateway import PrefectGateway
@@ -15,8 +23,12 @@ from webhook.signing import SignatureError, verify_signature
 from webhook.spool import Spool
 from webhook.store import ReceiverStore
 
+logger = logging.getLogger("upsell.receiver")
+
 #: The most of a one-click unsubscribe form that is read (its one field is 27 bytes).
 FORM_LIMIT = 4096
+#: The protection space of the funnel report, named in its WWW-Authenticate challenges.
+REPORT_REALM = "upsell-report"
 
 
 def get_settings(request: Request) -> ReceiverSettings:
@@ -86,3 +98,67 @@ async def read_form_body(request: Request) -> bytes:
 
 SignedBody = Annotated[bytes, Depends(read_signed_body)]
 FormBody = Annotated[bytes, Depends(read_form_body)]
+
+
+# ---- the funnel report: its credentials and the opportunity store it reads ----
+
+
+def _same(given: str, expected: str) -> bool:
+    return secrets.compare_digest(given.encode(), expected.encode())
+
+
+def report_credentials_valid(authorization: str, settings: ReceiverSettings) -> bool:
+    """Whether an Authorization header carries the report's bearer token or its basic user name and password."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and settings.report_token is not None:
+        return _same(credentials, settings.report_token.get_secret_value())
+    if scheme.lower() == "basic" and settings.report_user is not None and settings.report_password is not None:
+        try:
+            user, colon, password = base64.b64decode(credentials, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        # both compared every time: how long the answer takes does not tell which of the two was wrong
+        user_ok = _same(user, settings.report_user)
+        password_ok = _same(password, settings.report_password.get_secret_value())
+        return bool(colon) and user_ok and password_ok
+    return False
+
+
+def report_challenge(settings: ReceiverSettings) -> str:
+    """The WWW-Authenticate challenges of the schemes configured (basic first: a browser then asks for a login)."""
+    schemes = [f'Basic realm="{REPORT_REALM}", charset="UTF-8"'] if settings.report_user is not None else []
+    schemes += [f'Bearer realm="{REPORT_REALM}"'] if settings.report_token is not None else []
+    return ", ".join(schemes)
+
+
+def require_report_access(request: Request, settings: SettingsDep) -> None:
+    """Refuse the report: 404 when no credentials are configured (it is never public), 401 without valid ones."""
+    if not settings.report_enabled:
+        raise Refused(404, "report_not_enabled", "The funnel report is not enabled on this receiver: set "
+                      "UPSELL_REPORT_TOKEN, or UPSELL_REPORT_USER and UPSELL_REPORT_PASSWORD, to serve it.")
+    if not report_credentials_valid(request.headers.get("authorization", ""), settings):
+        raise Refused(401, "unauthorized", "The funnel report needs the report's bearer token or its user name "
+                      "and password.", field="authorization", headers={"WWW-Authenticate": report_challenge(settings)})
+
+
+def get_opportunity_store(settings: SettingsDep, gateway: GatewayDep) -> Iterator[OpportunityStore]:
+    """The opportunity store (the saved block's, found through the receiver's Prefect API, or the local stand-in),
+    closed after the request; 503 while Prefect or the store cannot be reached."""
+    if gateway.api_down:
+        raise Refused(503, "prefect_unavailable", "The Prefect API does not answer: the opportunity store, found "
+                      "through it, cannot be read now. Try again later.")
+    updates = {PREFECT_API_URL: settings.prefect_api_url} if settings.prefect_api_url else {}
+    try:
+        with temporary_settings(updates=updates):
+            store = resolve("store", settings).client
+    except Exception as exc:  # answered as unavailable on purpose: the page cannot be drawn without the store
+        logger.warning("Funnel report: the opportunity store could not be found (%s: %s)", type(exc).__name__, exc)
+        raise Refused(503, "store_unavailable", "The opportunity store could not be reached. Try again later.") from exc
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+OpportunityStoreDep = Annotated[OpportunityStore, Depends(get_opportunity_store)]

@@ -86,10 +86,11 @@ class Refused(Exception):
     """A request refused with a JSON error naming the offending field (answered by the app's handler)."""
 
     def __init__(self, status_code: int, error: str, detail: str, field: str | None = None,
-                 errors: list[dict[str, Any]] | None = None) -> None:
+                 errors: list[dict[str, Any]] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.answer = ErrorAnswer(error=error, field=field, detail=detail, errors=errors or [])
+        self.headers = headers or {}  # e.g. the WWW-Authenticate challenge of a 401
 
 
 class Health(BaseModel):

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+
+from flows.report import AlertWeek, as_utc, iso_week
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -168,6 +170,23 @@ class ReceiverStore:
                 (_now(), cutoff),
             )
         return cursor.rowcount
+
+    def alerts_per_week(self, since: datetime | None = None) -> list[AlertWeek]:
+        """The alerts received at or after `since` (all when None) per ISO week (UTC), with how many qualified;
+        oldest week first, weeks without alerts left out."""
+        query = "SELECT substr(received_at, 1, 10), COUNT(*), SUM(qualified) FROM alerts"
+        args: tuple[str, ...] = ()
+        if since is not None:  # received_at is written in UTC (`_now`): ISO texts compare as the times do
+            query, args = query + " WHERE received_at >= ?", (as_utc(since).isoformat(),)
+        with self._lock:
+            days = self._db.execute(query + " GROUP BY 1 ORDER BY 1", args).fetchall()
+        weeks: dict[str, AlertWeek] = {}
+        for day, alerts, qualified in days:
+            name = iso_week(date.fromisoformat(day))
+            week = weeks.setdefault(name, AlertWeek(week=name))
+            week.alerts += alerts
+            week.qualified += qualified
+        return list(weeks.values())
 
     # ---- unsubscribes ----
 
