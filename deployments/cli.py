@@ -14,6 +14,8 @@ from uuid import UUID
 
 import typer
 
+from deployments.report import render_report, report_command
+
 if TYPE_CHECKING:
     from deployments.stack import Stack
 
@@ -27,6 +29,7 @@ blocks_app = typer.Typer(help="Prefect blocks of the integrations.", no_args_is_
 app.add_typer(blocks_app, name="blocks")
 playbooks_app = typer.Typer(help="Playbooks: which accounts get which upsell.", no_args_is_help=True)
 app.add_typer(playbooks_app, name="playbooks")
+app.command("report")(report_command)
 
 
 def _dev_secret_file(data_dir: Path) -> Path:
@@ -64,6 +67,9 @@ def demo(
 
     settings = get_settings()
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    if settings.playbooks_file is None:  # the served runs read it from the environment they inherit
+        os.environ["UPSELL_PLAYBOOKS_FILE"] = str(DEMO_PLAYBOOKS)
+        log(f"Playbooks: {DEMO_PLAYBOOKS} (the demo's; set UPSELL_PLAYBOOKS_FILE to use yours)")
     stack = Stack(log_dir=settings.data_dir / "logs")
     started = time.monotonic()
     with interrupted_by_stop_signals():  # `kill` stops the processes it started, as Ctrl-C does
@@ -99,8 +105,15 @@ def demo(
                 f"Local stand-ins used (no block saved): {', '.join(standins)}; files under {settings.data_dir}/"
             )
         typer.echo(f"Demo wall time: {elapsed:.1f}s")
+        typer.echo("")
+        typer.echo("Funnel of the upsells logged in this data folder (`upsell report`; the page: GET /report):")
+        typer.echo(render_report())
     if not all(r["ok"] for r in rows):
         raise typer.Exit(code=1)
+
+
+#: The playbooks of `upsell demo`: an A/B test of two emails for the trading accounts on Growth.
+DEMO_PLAYBOOKS = Path(__file__).with_name("demo_playbooks.yaml")
 
 
 def _webhook_secret(data_dir: Path) -> str:
@@ -266,6 +279,8 @@ def describe_level(level: str) -> str:
     from flows.approvals import Checkpoint, asks
     from flows.models import AutomationLevel
 
+    if not level:
+        return "chosen by the account's playbook once the run has fetched the contract"
     asked = [CHECKPOINT_ASKS.get(c.value, c.value) for c in Checkpoint if asks(AutomationLevel(level), c)]
     if not asked:
         return f"{level}: runs on its own, no approval asked"
@@ -279,7 +294,7 @@ def triggered_run(run: Any, run_url: str) -> dict[str, str]:
 
     alert = UsageAlert.model_validate(run.parameters["alert"])
     return {"flow_run_id": str(run.id), "name": alert.run_name, "url": run_url,
-            "automation_level": run.parameters["automation_level"], "account_id": alert.account_id,
+            "automation_level": run.parameters.get("automation_level", ""), "account_id": alert.account_id,
             "event_id": alert.event_id}  # fmt: skip
 
 
@@ -320,7 +335,8 @@ def trigger(
     from prefect.exceptions import ObjectNotFound
 
     from flows.api import UpsellRequestError, build_alert, create_upsell_run
-    from flows.models import Severity, automation_level_for
+    from flows.models import AutomationLevel, Severity, automation_level_for
+    from flows.playbooks import PlaybookFileError, load_playbooks
     from tasks.post_slack_summary import run_url
     from tasks.runtime.settings import get_settings
 
@@ -330,12 +346,18 @@ def trigger(
         chosen = level or automation_level_for(Severity(severity), settings.severity_levels).value
         alert, checked = build_alert(account_id, event_id, metric, chosen, current_value=value,
                                      threshold=threshold, severity=severity)  # fmt: skip
+        # as the receiver does: without --level, the alert's playbook sets the level (None: the run decides it)
+        playbook = None if level else load_playbooks(settings.playbooks_file).on_alert(alert)
+        run_level: AutomationLevel | None = checked
+        if not level:
+            run_level = (playbook.automation_level or checked) if playbook else None
         async with get_client() as client:
-            return await create_upsell_run(client, alert, checked, deployment_name=settings.deployment_name)
+            return await create_upsell_run(client, alert, run_level, deployment_name=settings.deployment_name,
+                                           playbook=playbook.name if playbook else None)  # fmt: skip
 
     try:
         run = asyncio.run(go())
-    except (UpsellRequestError, ValueError) as exc:
+    except (UpsellRequestError, PlaybookFileError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     except ObjectNotFound:
         raise _fail(
@@ -402,7 +424,7 @@ def approve(
     async def go() -> str:
         async with get_client() as client:
             kind = await waiting_for(client, flow_run_id)
-            if kind is None or kind == "reply":
+            if kind not in CHECKPOINT_ASKS:
                 raise NotWaitingError(f"flow run {flow_run_id} is not waiting for an approval ({kind or 'not paused'})")
             answer: dict[str, Any] = {"approved": not reject, "note": note, "reviewer": reviewer or login_name()}
             if kind in ("review", "approve-opportunity"):

@@ -18,6 +18,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from pydantic import ValidationError
 
 from flows.models import (
+    REPLY_WAITS,
     WAIT_INPUTS,
     AutomationLevel,
     CustomerReply,
@@ -65,9 +66,13 @@ def build_alert(
     return alert, level
 
 
-def run_tags(alert: UsageAlert, level: AutomationLevel) -> list[str]:
-    """Tags that let the Prefect UI filter upsells by account, metric and automation level."""
-    return [f"account:{alert.account_id}", f"metric:{alert.metric_type}", f"level:{level.value}", "upsell"]
+def run_tags(alert: UsageAlert, level: AutomationLevel | None, playbook: str | None = None) -> list[str]:
+    """Tags that let the Prefect UI filter upsells by account, metric, automation level and playbook (a level or a
+    playbook the run decides once it has the contract is tagged by the run then)."""
+    tags = [f"account:{alert.account_id}", f"metric:{alert.metric_type}"]
+    tags += [f"level:{level.value}"] if level is not None else []
+    tags += [f"playbook:{playbook}"] if playbook is not None else []
+    return [*tags, "upsell"]
 
 
 async def deployment_id_for(client: PrefectClient, deployment_name: str = "upsell/upsell") -> UUID:
@@ -78,20 +83,26 @@ async def deployment_id_for(client: PrefectClient, deployment_name: str = "upsel
 async def create_upsell_run(
     client: PrefectClient,
     alert: UsageAlert,
-    level: AutomationLevel,
+    level: AutomationLevel | None,
     *,
     deployment_name: str = "upsell/upsell",
     deployment_id: UUID | None = None,
     reply_timeout_s: float | None = None,
     approval_timeout_s: float | None = None,
+    playbook: str | None = None,
 ) -> FlowRun:
     """Create (or find, for a repeated event id) the deployment run of this alert.
 
-    A caller that creates many runs passes the `deployment_id` it looked up once (`deployment_id_for`).
+    A caller that creates many runs passes the `deployment_id` it looked up once (`deployment_id_for`). Without a
+    level or a playbook, the run decides them itself from the playbooks once it has the account's contract.
     """
     if deployment_id is None:
         deployment_id = await deployment_id_for(client, deployment_name)
-    parameters: dict[str, Any] = {"alert": alert.model_dump(mode="json"), "automation_level": level.value}
+    parameters: dict[str, Any] = {"alert": alert.model_dump(mode="json")}
+    if level is not None:
+        parameters["automation_level"] = level.value
+    if playbook is not None:
+        parameters["playbook"] = playbook
     if reply_timeout_s is not None:
         parameters["reply_timeout_s"] = reply_timeout_s
     if approval_timeout_s is not None:
@@ -101,7 +112,7 @@ async def create_upsell_run(
         parameters=parameters,
         name=alert.run_name,  # the name the run keeps (the flow's run name), shown from the start
         idempotency_key=f"upsell:{alert.event_id}",
-        tags=run_tags(alert, level),
+        tags=run_tags(alert, level, playbook),
     )
 
 
@@ -167,6 +178,8 @@ async def resume_wait(client: PrefectClient, flow_run_id: UUID | str, kind: str,
     """Resume the run's `kind` wait with typed input; NotWaitingError when it is not in that wait."""
     checked = validate_wait_input(kind, run_input)
     current = await waiting_for(client, flow_run_id)
+    if kind in REPLY_WAITS and current in REPLY_WAITS:  # the customer's answer, before or after the follow-up
+        kind = current
     if current != kind:
         raise NotWaitingError(
             f"flow run {flow_run_id} is not waiting for {kind!r}"

@@ -17,12 +17,14 @@ from pydantic import create_model
 
 from flows.approvals import Checkpoint
 from flows.models import (
+    ContractData,
     CustomerReply,
     CustomerReplyInput,
     EmailApproval,
     EmailDraft,
     MeetingApproval,
     OpportunityReview,
+    SendWindowRelease,
     UpsellPlan,
     UsageAlert,
     WaitKind,
@@ -123,15 +125,31 @@ def approved_draft(draft: EmailDraft, approval: EmailApproval) -> EmailDraft:
     return edited if subject == draft.subject else edited.model_copy(update={"subject": subject})
 
 
-def customer_reply(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> WaitRequest[CustomerReplyInput]:
-    """The customer's answer to the email (from the reply links, the receiver or the CLI)."""
+def customer_reply(
+    draft: EmailDraft, plan: UpsellPlan, timeout_s: float, kind: WaitKind = "reply"
+) -> WaitRequest[CustomerReplyInput]:
+    """The customer's answer to the email (from the reply links, the receiver or the CLI); `follow-up-reply` after
+    the follow-up email."""
+    after = " (a follow-up email was sent)" if kind == "follow-up-reply" else ""
     return WaitRequest(
-        "reply",
+        kind,
         CustomerReplyInput,
         timeout_s,
         f"The customer's answer to the upsell email recommending **{plan.recommended_plan}** sent to"
-        f" **{draft.to}**, if they answered another way than the email's buttons (by phone, by email)."
+        f" **{draft.to}**{after}, if they answered another way than the email's buttons (by phone, by email)."
         " Leave this wait alone if they have not answered: it closes by itself as \"no reply\" when it expires.",
+    )
+
+
+def send_window(contract: ContractData, when: str, timeout_s: float) -> WaitRequest[SendWindowRelease]:
+    """The email waits for the contact's business hours (the playbook's send window); it goes out when the window
+    opens (the sweep answers the wait then), or at once when a person submits the form."""
+    return WaitRequest(
+        "send-window",
+        SendWindowRelease,
+        timeout_s,
+        f"The upsell email to **{contract.contact_email}** is held for the contact's business hours: it {when}."
+        " Submit this form only to send it now instead.",
     )
 
 

@@ -472,11 +472,25 @@ class OpportunityReview(RunInput):
         return self
 
 
-WaitKind = Literal["approve-email", "reply", "review", "approve-meeting", "approve-opportunity"]
+class SendWindowRelease(RunInput):
+    """Sending the email now instead of when the contact's send window opens (the wait's own answer when it does)."""
+
+    note: str = Field(default="", title="Note for the team", description="Optional: why it goes out now.")
+    reviewer: ReviewerName = ""
+
+
+WaitKind = Literal[
+    "approve-email", "send-window", "reply", "follow-up-reply", "review", "approve-meeting", "approve-opportunity"
+]
+
+#: The waits for the customer's answer: before the follow-up, and after it. A reply link answers either.
+REPLY_WAITS: tuple[WaitKind, ...] = ("reply", "follow-up-reply")
 
 #: The typed input each kind of wait takes (the pause key of the wait is its kind).
 WAIT_INPUTS: dict[str, type[RunInput]] = {
     "reply": CustomerReplyInput,
+    "follow-up-reply": CustomerReplyInput,
+    "send-window": SendWindowRelease,
     "approve-email": EmailApproval,
     "approve-meeting": MeetingApproval,
     "review": OpportunityReview,
@@ -486,6 +500,8 @@ WAIT_INPUTS: dict[str, type[RunInput]] = {
 #: The input that closes a wait nobody answered in time: a normal, Completed outcome.
 EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
     "reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),  # {}: see CustomerReplyInput
+    "follow-up-reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),
+    "send-window": {"note": "the send window opened"},
     "approve-email": {"approved": False, "subject": "", "body_text": "", "note": "approval timed out"},
     "approve-meeting": {"approved": False, "note": "approval timed out"},
     "review": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},

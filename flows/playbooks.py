@@ -12,7 +12,6 @@ each error's line and field, which `upsell playbooks check FILE` prints.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -22,16 +21,21 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows.models import AutomationLevel, ContractData, Severity, UsageAlert
+from tasks.content.email import available_templates, check_subject
 
 DEFAULT_PLAYBOOK_NAME = "default"
 _NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
-_TEMPLATE = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
 def _template_name(name: str | None) -> str | None:
-    if name is not None and not _TEMPLATE.match(name):
-        raise ValueError("a template name is lower-case letters, digits and _")
+    if name is not None and name not in available_templates():
+        known = ", ".join(sorted(available_templates()))
+        raise ValueError(f"unknown email template {name!r}; the templates are {known}")
     return name
+
+
+def _subject_line(line: str | None) -> str | None:
+    return None if line is None else check_subject(line)
 
 
 class Strict(BaseModel):
@@ -104,10 +108,13 @@ class Variant(Strict):
 
     name: str = Field(pattern=_NAME)
     weight: float = Field(default=1.0, gt=0)
-    subject: str | None = Field(default=None, max_length=200, description="Subject line; the drafted one if unset.")
+    subject: str | None = Field(
+        default=None, max_length=200, description="Subject line ({company} and {plan} filled in); drafted if unset."
+    )
     template: str | None = Field(default=None, description="Body template name; the playbook's if unset.")
 
     _template = field_validator("template")(_template_name)
+    _subject = field_validator("subject")(_subject_line)
 
 
 class Playbook(Strict):
@@ -171,6 +178,14 @@ class PlaybookFile(Strict):
             if playbook.name == name:
                 return playbook
         raise KeyError(name)
+
+    def on_alert(self, alert: UsageAlert) -> Playbook | None:
+        """The account's playbook when the alert alone decides it, or None when a playbook segmented on plan or
+        spend comes first and matches the alert (then only the contract decides: the run chooses once it has it)."""
+        for playbook in self.all:
+            if playbook.segment.matches_alert(alert):
+                return None if playbook.segment.needs_contract else playbook
+        return DEFAULT_PLAYBOOK
 
     def choose(self, alert: UsageAlert, contract: ContractData | None = None) -> Playbook:
         """The first playbook for the alert; segments on plan or spend count only once the contract is known."""

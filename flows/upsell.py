@@ -44,7 +44,9 @@ from flows.models import (
     WaitKind,
     automation_level_for,
 )
-from flows.playbooks import DEFAULT_PLAYBOOK, Playbook, PlaybookFile, load_playbooks
+from flows.playbooks import DEFAULT_PLAYBOOK, Playbook, PlaybookFile, Variant, load_playbooks
+from flows.send_windows import describe_wait, next_send_time
+from flows.variants import choose_variant
 from tasks.ask_claude_for_plan import ask_claude_for_plan
 from tasks.content.untrusted import UnsafeData
 from tasks.create_zoom_meeting import create_zoom_meeting
@@ -53,12 +55,13 @@ from tasks.fetch_usage import fetch_usage
 from tasks.log_opportunity import log_opportunity
 from tasks.notify_reviewer import notify_reviewer
 from tasks.post_slack_summary import post_slack_summary
+from tasks.runtime.flow_runs import record_on_this_run
 from tasks.runtime.links import LinkToken, link_for
 from tasks.runtime.policy import configured
 from tasks.runtime.progress import announce_integrations, collect_timings, publish_journal, publish_stage
 from tasks.runtime.settings import UpsellSettings, get_settings
 from tasks.runtime.waits import WaitDeadline, open_wait, opened_waits
-from tasks.send_email_draft import draft_email, send_email_draft
+from tasks.send_email_draft import draft_email, draft_follow_up, send_email_draft, send_follow_up
 
 R = TypeVar("R", bound=RunInput)
 P = ParamSpec("P")
@@ -130,15 +133,18 @@ def upsell(
     automation_level: AutomationLevel | None = None,
     reply_timeout_s: float | None = None,
     approval_timeout_s: float | None = None,
+    playbook: str | None = None,
 ) -> State[UpsellOutcome]:
     """Turn a usage alert into an upsell: data, plan, email, Slack, reply, meeting, opportunity.
 
+    `playbook` names the account's playbook (the receiver passes it when the alert decides it); without it the run
+    chooses one on the alert, and again on the contract once it has it, and records its choice on itself.
     The run ends in a Completed state named for its outcome (Won, Declined, Rejected, ...), so the run list
     tells outcomes apart; callers still get the UpsellOutcome (Prefect returns a returned state's data).
     """
     journal = Journal(alert, opened_waits())
     try:
-        outcome = run_upsell(start_run(journal, automation_level, reply_timeout_s, approval_timeout_s))
+        outcome = run_upsell(start_run(journal, automation_level, reply_timeout_s, approval_timeout_s, playbook))
     except Exception:  # a failed step: the artifact still shows how far the run got (a wait is not an Exception)
         journal.publish()
         raise
@@ -151,8 +157,9 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
     try:  # data that cannot be made safe stops the upsell here, before anything is written to anyone
         usage = journal.step("usage", UsageData, lambda: run.task(fetch_usage)(alert))
         contract = journal.step("contract", ContractData, lambda: run.task(fetch_contract)(alert.account_id))
-        run.follow(run.playbooks.choose(alert, contract))
-        journal.reach(UpsellStage.FETCHING_DATA, **data_details(usage, contract), playbook=run.playbook.name)
+        run.choose_playbook(contract)
+        journal.reach(UpsellStage.FETCHING_DATA, **data_details(usage, contract), playbook=run.playbook.name,
+                      variant=run.variant.name if run.variant else None)
         planned = journal.step("plan", PlanResult, lambda: run.task(ask_claude_for_plan)(usage, contract))
     except UnsafeData as exc:
         reason = f"stopped before any message: {exc}"
@@ -161,12 +168,13 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
     plan = planned.plan
     journal.reach(UpsellStage.AI_ANALYSIS, **plan_details(planned))
 
-    draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan))
+    draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan, **run.email_style))
     if approvals.asks(run.level, Checkpoint.BEFORE_EMAIL):
         approval = run.decide(inputs.email_approval(draft, plan, run.approval_timeout_s), plan)
         if not approval.approved:
             return run.finish(UpsellStatus.REJECTED, planned, note=approval.note)
         draft = inputs.approved_draft(draft, approval)
+    hold_for_send_window(run, contract)
     email = journal.step("email", EmailResult, lambda: run.task(send_email_draft)(alert, draft))
     if email.status == "suppressed":
         suppressed = run.opportunity(UpsellStatus.SUPPRESSED, planned, email, CustomerReply.NO_REPLY)
@@ -190,7 +198,7 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
         return run.finish(UpsellStatus.NEEDS_REVIEW, planned, opportunity_id, email=email, slack=slack, note=note)
 
     journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting")
-    reply = run.wait(inputs.customer_reply(draft, plan, run.reply_timeout_s)).reply
+    reply = wait_for_reply(run, contract, draft, plan, email)
     journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
 
     value, note = plan.estimated_value, ""
@@ -238,18 +246,47 @@ class UpsellRun:
     playbooks: PlaybookFile = field(default_factory=PlaybookFile)
     #: The account's playbook: chosen on the alert at the start, on the contract once it is known.
     playbook: Playbook = DEFAULT_PLAYBOOK
-    #: Whether the reply timeout was given as a parameter (then the playbook's does not replace it).
-    reply_timeout_given: bool = False
+    #: The playbook's A/B variant of the email for this account (None: the playbook runs no experiment).
+    variant: Variant | None = None
+    #: Which of the level, the reply timeout and the playbook were given as parameters (the playbook's do not
+    #: replace a given level or timeout; a given playbook is not chosen again).
+    given: frozenset[str] = frozenset()
+    follow_up_sent: bool = False
     #: Outward steps an earlier attempt died in: never repeated, flagged for a human.
     unknown: list[str] = field(default_factory=list)
 
     def follow(self, playbook: Playbook) -> None:
-        """Follow `playbook` from here on: its reply timeout, unless the run was given one."""
+        """Follow `playbook` from here on: its level and reply timeout (unless given), its variant of the email."""
         self.playbook = playbook
-        if playbook.reply_timeout_hours is not None and not self.reply_timeout_given:
+        if playbook.reply_timeout_hours is not None and "reply_timeout" not in self.given:
             self.reply_timeout_s = playbook.reply_timeout_hours * 3600
+        if playbook.automation_level is not None and "level" not in self.given:
+            self.level = playbook.automation_level
+        self.variant = choose_variant(playbook.variants, self.alert.account_id, experiment=playbook.name)
         if not self.journal.replaying:
-            get_run_logger().info("Playbook %r for account %s", playbook.name, self.alert.account_id)
+            variant = f", variant {self.variant.name!r}" if self.variant else ""
+            get_run_logger().info(
+                "Playbook %r for account %s%s (%s)", playbook.name, self.alert.account_id, variant, self.level.value
+            )
+
+    def choose_playbook(self, contract: ContractData) -> None:
+        """Choose the playbook again on the contract (unless it was given), and record it on the run: the tags
+        `playbook:<name>` and `variant:<name>` and the `playbook` parameter (a resumed run keeps it)."""
+        if "playbook" not in self.given:
+            self.follow(self.playbooks.choose(self.alert, contract))
+        if not self.journal.replaying:
+            tags = [f"playbook:{self.playbook.name}", f"level:{self.level.value}"]
+            tags += [f"variant:{self.variant.name}"] if self.variant else []
+            record_on_this_run(tags, {"playbook": self.playbook.name})
+
+    @property
+    def email_style(self) -> dict[str, Any]:
+        """The email's body template and subject: the variant's, else the playbook's template and the drafted one."""
+        variant = self.variant
+        return {
+            "template": (variant.template if variant else None) or self.playbook.template,
+            "subject": variant.subject if variant else None,
+        }
 
     @property
     def alert(self) -> UsageAlert:
@@ -316,6 +353,8 @@ class UpsellRun:
             flow_run_id=str(flow_run.get_id()),
             occurred_at=alert.occurred_at,
             playbook=self.playbook.name,
+            variant=self.variant.name if self.variant else "",
+            follow_up_sent=self.follow_up_sent,
         )
 
     def final_status(self, note: str) -> tuple[UpsellStatus, str]:
@@ -367,10 +406,14 @@ def start_run(
     automation_level: AutomationLevel | None,
     reply_timeout_s: float | None,
     approval_timeout_s: float | None,
+    playbook: str | None = None,
 ) -> UpsellRun:
-    """The run's level and timeouts (the parameters, else the settings); reaches `Started`."""
+    """The run's playbook, level and timeouts (the parameters, else the playbook's, else the settings); reaches
+    `Started`."""
     settings = get_settings()
     playbooks = load_playbooks(settings.playbooks_file)  # an invalid file fails the run here, before any step
+    pinned = given_playbook(playbooks, playbook)
+    given = {"level": automation_level, "reply_timeout": reply_timeout_s, "playbook": pinned}
     run = UpsellRun(
         journal,
         settings,
@@ -379,11 +422,22 @@ def start_run(
         approval_timeout_s=approval_timeout_s or settings.approval_timeout_s,
         standins=announce_integrations(log=not journal.replaying),
         playbooks=playbooks,
-        reply_timeout_given=reply_timeout_s is not None,
+        given=frozenset(name for name, value in given.items() if value is not None),
     )
-    run.follow(playbooks.choose(journal.alert))
+    run.follow(pinned or playbooks.choose(journal.alert))
     journal.reach(UpsellStage.STARTED, automation_level=run.level.value, standins=", ".join(run.standins) or None)
     return run
+
+
+def given_playbook(playbooks: PlaybookFile, name: str | None) -> Playbook | None:
+    """The playbook named by the run's parameter; None (the run chooses) when the file no longer has it."""
+    if name is None:
+        return None
+    try:
+        return playbooks.named(name)
+    except KeyError:
+        get_run_logger().warning("Playbook %r is no longer in the playbooks file: choosing again", name)
+        return None
 
 
 def stopped_opportunity(run: UpsellRun, reason: str) -> Opportunity:
@@ -405,6 +459,7 @@ def stopped_opportunity(run: UpsellRun, reason: str) -> Opportunity:
         flow_run_id=str(flow_run.get_id()),
         occurred_at=alert.occurred_at,
         playbook=run.playbook.name,
+        variant=run.variant.name if run.variant else "",
     )
 
 
@@ -488,6 +543,9 @@ def answer_details(request: WaitRequest[Any], answer: RunInput) -> dict[str, Any
         expired = EXPIRED_WAIT_INPUT.get(request.kind, {}).get("note")
         timed_out = not given["approved"] and given.get("note") == expired
         details["decision"] = "not answered in time" if timed_out else ("approved" if given["approved"] else "rejected")
+    if request.kind == "send-window":
+        opened = given.get("note") == EXPIRED_WAIT_INPUT["send-window"]["note"]
+        details["decision"] = "sent when the window opened" if opened else "sent now"
     if given.get("reviewer"):
         details["by"] = given["reviewer"]
     if given.get("approved") and "estimated_value" in given:
@@ -499,7 +557,7 @@ def answer_details(request: WaitRequest[Any], answer: RunInput) -> dict[str, Any
     ]
     if edited:
         details["edited"] = ", ".join(edited)
-    if given.get("note") and not details.get("decision", "").startswith("not answered"):
+    if given.get("note") and not details.get("decision", "").startswith(("not answered", "sent when")):
         details["note"] = given["note"]
     return details
 
@@ -587,6 +645,62 @@ def hold_email(run: UpsellRun, email: EmailResult) -> str:
         run.unknown.insert(0, "email")
         return f"email outcome unknown: {email.detail}"
     return f"email withheld by the safety check: {email.detail}"
+
+
+class SendSchedule(BaseModel):
+    """When the email may go out under the playbook's send window (recorded, so a resumed run keeps it)."""
+
+    send_at: datetime
+    held: bool
+    zone: str
+
+
+def hold_for_send_window(run: UpsellRun, contract: ContractData) -> None:
+    """Outside the contact's send window, wait (suspended: no process held) until it opens, then send.
+
+    The sweep resumes the wait when it expires, at the window's opening; a person may send at once from the form.
+    """
+    window = run.playbook.send_window
+    if window is None:
+        return
+
+    def schedule() -> SendSchedule:
+        now = datetime.now(UTC)
+        send_at = next_send_time(window, now, contract.contact_timezone, contract.contact_country)
+        return SendSchedule(send_at=send_at, held=send_at > now, zone=contract.contact_timezone)
+
+    planned = run.journal.step("send_at", SendSchedule, schedule)
+    if not planned.held:
+        return
+    when = describe_wait(planned.send_at, planned.zone)
+    if not run.journal.replaying:
+        get_run_logger().info("Outside the contact's send window: the email %s", when)
+    wait_s = max((planned.send_at - datetime.now(UTC)).total_seconds(), 1.0)
+    run.wait(inputs.send_window(contract, when, wait_s), due=planned.send_at)
+
+
+def wait_for_reply(
+    run: UpsellRun, contract: ContractData, draft: EmailDraft, plan: UpsellPlan, email: EmailResult
+) -> CustomerReply:
+    """The customer's reply. With a follow-up in the playbook: when nobody answered after its delay, one follow-up
+    email in the same thread (sent once; never after a reply, and not to an unsubscribed contact), then the wait
+    goes on until the reply timeout."""
+    follow_up, total_s = run.playbook.follow_up, run.reply_timeout_s
+    if follow_up is None or follow_up.after_hours * 3600 >= total_s:
+        return run.wait(inputs.customer_reply(draft, plan, total_s)).reply
+    first_s = follow_up.after_hours * 3600
+    reply = run.wait(inputs.customer_reply(draft, plan, first_s)).reply
+    if reply is not CustomerReply.NO_REPLY:
+        return reply
+    again = draft_follow_up(run.alert, contract, draft)
+    sent = run.journal.step(
+        "follow_up", EmailResult, lambda: run.task(send_follow_up)(run.alert, again, email.message_id)
+    )
+    run.follow_up_sent = sent.delivered
+    if sent.status == "unknown":
+        run.unknown.append("follow-up email")
+    run.journal.reach(UpsellStage.WAITING_REPLY, follow_up=sent.status)
+    return run.wait(inputs.customer_reply(draft, plan, total_s - first_s, kind="follow-up-reply")).reply
 
 
 def book_meeting(run: UpsellRun, contract: ContractData, plan: UpsellPlan) -> Meeting | None:

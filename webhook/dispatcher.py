@@ -12,6 +12,7 @@ from typing import Any
 from prefect.exceptions import ObjectNotFound
 
 from flows.models import UsageAlert, automation_level_for, qualification
+from flows.playbooks import PlaybookFile
 from webhook.gateway import PrefectGateway, PrefectUnavailable
 from webhook.models import AlertAnswer, AlertPayload, AlertStatus
 from webhook.settings import ReceiverSettings
@@ -43,8 +44,9 @@ class AlertDispatcher:
     """Records each alert once, decides it (attach, cooldown, new run or spool) and reports what it became."""
 
     def __init__(self, settings: ReceiverSettings, store: ReceiverStore, gateway: PrefectGateway,
-                 spool: Spool) -> None:
+                 spool: Spool, playbooks: PlaybookFile | None = None) -> None:
         self.settings = settings
+        self.playbooks = playbooks or PlaybookFile()
         self.store = store
         self.gateway = gateway
         self.spool = spool
@@ -57,7 +59,9 @@ class AlertDispatcher:
         qualifies, reason, detail = qualification(
             alert, settings.qualifying_metrics, settings.qualifying_severities, settings.high_value_threshold
         )
-        level = automation_level_for(alert.severity, settings.severity_levels)
+        # the level the alert's playbook sets, else the severity's (a playbook chosen on the contract may change it)
+        level = self.playbooks.choose(alert).automation_level or automation_level_for(
+            alert.severity, settings.severity_levels)
         spool_now = qualifies and self.gateway.api_down  # decide() would spool it first: one write instead of three
         inserted = self.store.insert_alert(
             event_id=alert.event_id, account_id=alert.account_id, payload=alert.model_dump_json(),
@@ -115,16 +119,22 @@ class AlertDispatcher:
                                       flow_run_id=upsell["flow_run_id"], open_event_id=upsell["event_id"])
                     return answer_from_row(self._row(event_id), duplicate=False)
                 ended = self.store.last_ended_at(account_id)
-                if ended is not None and time.time() - ended < self.settings.cooldown_s:
-                    until = datetime.fromtimestamp(ended + self.settings.cooldown_s, UTC).isoformat()
+                cooldown_s = self.cooldown_s(alert)
+                if ended is not None and time.time() - ended < cooldown_s:
+                    until = datetime.fromtimestamp(ended + cooldown_s, UTC).isoformat()
                     self.store.update(event_id, status="cooldown", reason="cooldown",
                                       detail=f"the account's last upsell ended recently; cooldown until {until}")
                     return answer_from_row(self._row(event_id), duplicate=False)
-                run = await self.gateway.create_run(alert)
+                run = await self.gateway.create_run(alert, self.playbooks.on_alert(alert))
             except PrefectUnavailable as exc:
                 return self._spool(event_id, str(exc), wake=not from_spool)
             self.store.update(event_id, status="triggered", flow_run_id=str(run.id))
             return answer_from_row(self._row(event_id), duplicate=False)
+
+    def cooldown_s(self, alert: UsageAlert) -> float:
+        """The account's quiet period after an upsell: its playbook's (chosen on the alert), else the settings'."""
+        hours = self.playbooks.choose(alert).cooldown_hours
+        return self.settings.cooldown_s if hours is None else hours * 3600
 
     def _row(self, event_id: str) -> dict[str, Any]:
         row = self.store.get(event_id)

@@ -22,6 +22,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from flows.api import create_upsell_run, deployment_id_for, resume_wait
 from flows.models import STAGE_ORDER, UsageAlert, automation_level_for, metric_label
+from flows.playbooks import Playbook
 from tasks.content.untrusted import clean_name
 from tasks.recover_runs import awaits_heartbeat, heartbeat_filter, stalled
 from tasks.runtime.waits import WaitDeadline, deadline_key
@@ -137,9 +138,12 @@ class PrefectGateway:
         self.api_down = error is not None
         return error is None
 
-    async def create_run(self, alert: UsageAlert) -> FlowRun:
-        """The alert's upsell run (Prefect's idempotency key upsell:<event_id> makes a replay find the same run)."""
-        level = automation_level_for(alert.severity, self.settings.severity_levels)
+    async def create_run(self, alert: UsageAlert, playbook: Playbook | None) -> FlowRun:
+        """The alert's upsell run (Prefect's idempotency key upsell:<event_id> makes a replay find the same run),
+        with its playbook and level when the alert decides them (`PlaybookFile.on_alert`); else the run decides."""
+        level = None
+        if playbook is not None:
+            level = playbook.automation_level or automation_level_for(alert.severity, self.settings.severity_levels)
         try:
             if self._deployment_id is None:  # looked up once, not once per alert
                 self._deployment_id = await self.call(
@@ -147,7 +151,7 @@ class PrefectGateway:
             deployment_id = self._deployment_id
             return await self.call(lambda: create_upsell_run(
                 self.client, alert, level, deployment_name=self.settings.deployment_name,
-                deployment_id=deployment_id))
+                deployment_id=deployment_id, playbook=playbook.name if playbook else None))
         except ObjectNotFound as exc:
             # not a bad alert: the deployment is not registered (yet), or was re-created under a new id;
             # keep the alert until it is there, and look the id up again

@@ -24,7 +24,7 @@ from flows.playbooks import load_playbooks
 from webhook.dispatcher import AlertDispatcher
 from webhook.gateway import PrefectGateway
 from webhook.models import Refused
-from webhook.routes import alerts, docs, health, links
+from webhook.routes import alerts, docs, health, links, report
 from webhook.security import SecurityHeaders
 from webhook.settings import INSECURE_WARNING, ReceiverSettings
 from webhook.spool import Spool
@@ -46,7 +46,7 @@ async def running(app: FastAPI, settings: ReceiverSettings) -> AsyncIterator[Non
     async with client:
         gateway = PrefectGateway(settings, client, api_url)
         spool = Spool(settings, store, gateway)
-        dispatcher = AlertDispatcher(settings, store, gateway, spool)
+        dispatcher = AlertDispatcher(settings, store, gateway, spool, app.state.playbooks)
         app.state.store, app.state.gateway, app.state.spool, app.state.dispatcher = store, gateway, spool, dispatcher
         worker = spool.start(partial(dispatcher.decide, from_spool=True))
         try:
@@ -58,8 +58,8 @@ async def running(app: FastAPI, settings: ReceiverSettings) -> AsyncIterator[Non
 
 
 async def refused(request: Request, exc: Refused) -> JSONResponse:
-    """A `Refused` request: its JSON error, with its status code."""
-    return JSONResponse(exc.answer.model_dump(exclude_none=True), status_code=exc.status_code)
+    """A `Refused` request: its JSON error, with its status code and headers."""
+    return JSONResponse(exc.answer.model_dump(exclude_none=True), status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(settings: ReceiverSettings) -> FastAPI:
@@ -88,6 +88,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(links.router)
     app.include_router(docs.router)
+    app.include_router(report.router)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -7,7 +7,9 @@ What cannot be made safe raises `UnsafeData` with the field named: the flow stop
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
@@ -72,8 +74,35 @@ def accept_contract(contract: ContractData, account_id: str, *, max_spend: float
             "email": checked_email(info.get("email", ""), "contract.contact_info.email"),
             "name": clean_name(info.get("name", ""), "contact_name"),
             "title": clean_name(info.get("title", ""), "contact_title"),
+            **{k: v for k, v in located(info).items() if v},
         },
     )
+
+
+def located(info: dict[str, str]) -> dict[str, str]:
+    """Where the contact is, when the CRM says so in a form we can use: time zone and country."""
+    return {"timezone": checked_zone(info.get("timezone", "")), "country": checked_country(info.get("country", ""))}
+
+
+_ZONE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}")
+
+
+def checked_zone(value: object) -> str:
+    """The contact's IANA time zone when it is one (send windows use it), else '' (the window then runs in UTC)."""
+    name = str(value or "").strip()
+    if not _ZONE_NAME.fullmatch(name):
+        return ""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return ""
+    return name
+
+
+def checked_country(value: object) -> str:
+    """The contact's ISO 3166 alpha-2 country code (for its public holidays), else ''."""
+    code = str(value or "").strip().upper()
+    return code if re.fullmatch(r"[A-Z]{2}", code) else ""
 
 
 def plan_problem(plan: UpsellPlan) -> str | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
-from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
@@ -18,6 +19,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.runtime import flow_run
 
 PAGE = 200  # the API answers at most this many runs per call
 
@@ -64,3 +66,17 @@ def read_run_input(client: SyncPrefectClient, run_id: UUID, key: str) -> str | N
         if exc.response.status_code == 404:
             return None
         raise
+
+
+def record_on_this_run(tags: list[str], parameters: dict[str, Any]) -> None:
+    """Add `tags` and `parameters` to the current flow run (what it decided once running, e.g. its playbook), so the
+    Prefect UI filters and shows it and a resumed run reads the same choice; nothing outside a flow run."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(str(run_id)))
+        new_tags = sorted(set(run.tags) | set(tags))
+        new_parameters = {**run.parameters, **parameters}
+        if new_tags != sorted(run.tags) or new_parameters != run.parameters:
+            client.update_flow_run(run.id, tags=new_tags, parameters=new_parameters)

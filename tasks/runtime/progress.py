@@ -36,11 +36,21 @@ STAGE_EVENTS: dict[UpsellStage, str] = {
 #: Each wait of the run: the row of the stage table it shows in, and what the run is doing while it waits.
 WAIT_ROWS: dict[str, tuple[str, str]] = {
     "approve-email": ("Email approval", "Waiting for the email to be approved"),
+    "send-window": ("Send window", "Waiting for the contact's business hours"),
     "reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply"),
+    "follow-up-reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply to the follow-up"),
     "review": ("Review", "Waiting for review"),
     "approve-meeting": ("Meeting approval", "Waiting for the meeting to be approved"),
     "approve-opportunity": ("Opportunity approval", "Waiting for the opportunity to be approved"),
 }
+
+#: How a wait's due time reads in the table: when the answer is due, or when a held email goes out.
+DUE_WORDS: dict[str, str] = {"send-window": "sends at"}
+
+
+def due_text(wait: str, due: str) -> str:
+    return f"{DUE_WORDS.get(wait, 'answer due by')} {when(due)}"
+
 
 #: How each detail of a stage or an answer is named in the table (details not listed are not shown: the ids and
 #: settings kept in the run's events are for machines, not for the sales team).
@@ -69,6 +79,10 @@ DETAIL_LABELS: dict[str, str] = {
     "outcome": "outcome",
     "opportunity_id": "opportunity",
     "reason": "reason",
+    "playbook": "playbook",
+    "variant": "variant",
+    "send_at": "sends at",
+    "follow_up": "follow-up",
 }
 MONEY = frozenset({"estimated_value"})
 LEVEL_NAMES = {
@@ -124,7 +138,7 @@ def _rows(journal: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         row = rows[name]
         row["details"] = {**row["details"], **entry.get("details", {})}
         if "due" in entry and "answered" not in entry:
-            row["status"], row["due"] = "waiting", entry["due"]
+            row["status"], row["due"] = "waiting", due_text(entry["wait"], entry["due"])
         elif row["status"] != "waiting" or "answered" in entry:
             row["status"] = "done"
         previous = name
@@ -136,7 +150,7 @@ def waiting_for(journal: list[dict[str, Any]]) -> str:
     last = journal[-1] if journal else {}
     if "wait" not in last or "answered" in last:
         return ""
-    return f"{WAIT_ROWS[last['wait']][1]} (answer due by {when(last['due'])})"
+    return f"{WAIT_ROWS[last['wait']][1]} ({due_text(last['wait'], last['due'])})"
 
 
 def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
@@ -165,7 +179,7 @@ def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
     for name, row in _rows(journal).items():
         details = _cell(row["details"])
         if row["status"] == "waiting":
-            details = "; ".join(filter(None, [details, f"answer due by {when(row['due'])}"]))
+            details = "; ".join(filter(None, [details, row["due"]]))
         lines.append(f"| {name} | {row['status']} | {details} |")
     return "\n".join(lines) + "\n"
 
