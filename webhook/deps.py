@@ -20,6 +20,7 @@ from webhook.gateway import PrefectGateway
 from webhook.models import Refused
 from webhook.settings import ReceiverSettings
 from webhook.signing import SignatureError, verify_signature
+from webhook.sns import SnsVerifier
 from webhook.spool import Spool
 from webhook.store import ReceiverStore
 
@@ -98,6 +99,48 @@ async def read_form_body(request: Request) -> bytes:
 
 SignedBody = Annotated[bytes, Depends(read_signed_body)]
 FormBody = Annotated[bytes, Depends(read_form_body)]
+
+
+# ---- inbound Amazon SNS messages ----
+
+#: The content types SNS posts with (text/plain; charset=UTF-8), and JSON.
+SNS_CONTENT_TYPES = ("text/plain", "application/json")
+
+
+async def get_sns_verifier(request: Request) -> SnsVerifier:
+    """The app's SNS verifier, built on first use (it keeps the signing certificates it fetched). An async
+    dependency: it runs on the event loop, so two requests never build two."""
+    verifier: SnsVerifier | None = getattr(request.app.state, "sns_verifier", None)
+    if verifier is None:
+        verifier = request.app.state.sns_verifier = SnsVerifier(request.app.state.settings)
+    return verifier
+
+
+async def read_sns_body(request: Request, settings: SettingsDep) -> bytes:
+    """The raw body of an SNS message: 404 while no topic is configured, then a text/plain (or JSON) body of at
+    most `sns_max_body_bytes`."""
+    if not settings.sns_topic_arns:
+        raise Refused(404, "inbound_not_enabled", "Inbound SNS messages are not enabled on this receiver: set "
+                      "UPSELL_SNS_TOPIC_ARNS to the topics it subscribes to.")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in SNS_CONTENT_TYPES:
+        raise Refused(415, "unsupported_media_type", f"content-type must be text/plain (as SNS posts), got "
+                      f"{content_type or 'none'!r}", field="content-type")
+    limit = settings.sns_max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}", field="body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, "body_too_large", f"body exceeds the {limit}-byte limit", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+SnsVerifierDep = Annotated[SnsVerifier, Depends(get_sns_verifier)]
+SnsBody = Annotated[bytes, Depends(read_sns_body)]
 
 
 # ---- the funnel report: its credentials and the opportunity store it reads ----

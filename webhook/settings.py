@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from flows.recovery import STALE_AFTER_S
 from tasks.runtime.settings import AlertIntakeSettings, UpsellSettings
@@ -14,6 +17,14 @@ INSECURE_WARNING = "signature checks are OFF (UPSELL_WEBHOOK_INSECURE_DEV=true):
 #: The shortest report token and report password accepted.
 MIN_REPORT_TOKEN = 16
 MIN_REPORT_PASSWORD = 12
+#: Schemes an SNS certificate or SubscribeURL may use (http: tests and development only).
+UrlScheme = Literal["https", "http"]
+#: The hosts of Amazon SNS (sns.<region>.amazonaws.com, and .com.cn in China) that serve signing certificates.
+SNS_HOST_PATTERN = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+
+
+def _https_only() -> list[UrlScheme]:
+    return ["https"]
 
 
 class ReceiverFiles(UpsellSettings):
@@ -61,6 +72,46 @@ class ReceiverSettings(AlertIntakeSettings, ReceiverFiles):
     report_password: SecretStr | None = Field(
         default=None, description=f"HTTP basic password of GET /report (at least {MIN_REPORT_PASSWORD} characters)."
     )
+    sns_topic_arns: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="SNS topics (ARNs, comma-separated) whose messages POST /inbound/ses accepts (SES receipts,"
+        " bounces, complaints); empty: the endpoint answers 404.",
+    )
+    sns_cert_host_pattern: str = Field(
+        default=SNS_HOST_PATTERN,
+        description="Hosts (a regular expression matching the whole host) that an SNS signing certificate and a"
+        " SubscribeURL may be fetched from.",
+    )
+    sns_url_schemes: Annotated[list[UrlScheme], NoDecode] = Field(
+        default_factory=_https_only,
+        description="Schemes of those URLs (comma-separated); http is for tests and refused in production.",
+    )
+    sns_max_age_s: float = Field(default=3600.0, gt=0, description="SNS messages older than this are refused.")
+    sns_clock_skew_s: float = Field(
+        default=300.0, ge=0, description="SNS messages dated further in the future than this are refused."
+    )
+    sns_fetch_timeout_s: float = Field(
+        default=5.0, gt=0, description="Timeout of fetching an SNS signing certificate or confirming a subscription."
+    )
+    sns_max_body_bytes: int = Field(
+        default=256 * 1024, gt=0, description="Largest SNS message read (SES puts emails up to 150 KB inline)."
+    )
+
+    @field_validator("sns_topic_arns", "sns_url_schemes", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sns_cert_host_pattern")
+    @classmethod
+    def _host_pattern_compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"UPSELL_SNS_CERT_HOST_PATTERN is not a regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _report_credentials_are_whole(self) -> ReceiverSettings:
@@ -73,6 +124,15 @@ class ReceiverSettings(AlertIntakeSettings, ReceiverFiles):
             raise ValueError(f"UPSELL_REPORT_TOKEN must be at least {MIN_REPORT_TOKEN} characters")
         if self.report_password is not None and len(self.report_password.get_secret_value()) < MIN_REPORT_PASSWORD:
             raise ValueError(f"UPSELL_REPORT_PASSWORD must be at least {MIN_REPORT_PASSWORD} characters")
+        return self
+
+    @model_validator(mode="after")
+    def _sns_fetches_are_https_in_production(self) -> ReceiverSettings:
+        """Certificates fetched over plain http could be anyone's: only tests and development allow it."""
+        if self.environment == "production" and self.sns_url_schemes != ["https"]:
+            raise ValueError("UPSELL_SNS_URL_SCHEMES must be https when UPSELL_ENVIRONMENT=production")
+        if not self.sns_url_schemes:
+            raise ValueError("UPSELL_SNS_URL_SCHEMES must name at least one scheme")
         return self
 
     @property

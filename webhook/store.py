@@ -47,11 +47,27 @@ CREATE TABLE IF NOT EXISTS used_links (
     wait TEXT NOT NULL,
     used_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbound (
+    message_id TEXT PRIMARY KEY,
+    topic_arn TEXT NOT NULL,
+    message TEXT NOT NULL,
+    sent_at TEXT,
+    status TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    flow_run_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    received_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbound_status ON inbound (status);
 """
 
 _COLUMNS = (
     "event_id, account_id, payload, automation_level, qualified, status, reason, detail, flow_run_id,"
     " open_event_id, ended_at, attempts, last_error, received_at, updated_at"
+)
+_INBOUND_COLUMNS = (
+    "message_id, topic_arn, message, sent_at, status, detail, flow_run_id, attempts, received_at, updated_at"
 )
 _UPDATABLE = {"status", "reason", "detail", "flow_run_id", "open_event_id", "ended_at", "attempts", "last_error",
               "automation_level"}
@@ -234,3 +250,44 @@ class ReceiverStore:
         """Un-use a token whose resume did not happen (the run was not waiting yet, or the API was down)."""
         with self._lock:
             self._db.execute("DELETE FROM used_links WHERE token_hash=?", (token_hash,))
+
+    # ---- inbound SNS messages (SES receipts, bounces, complaints) ----
+
+    def insert_inbound(self, *, message_id: str, topic_arn: str, message: str, sent_at: str | None = None) -> bool:
+        """Keep a verified SNS notification as `received`; False when its MessageId was seen before (an SNS
+        retry): the primary key decides, atomically, and the row already there is left as it is."""
+        now = _now()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO inbound (message_id, topic_arn, message, sent_at, status, received_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'received', ?, ?)",
+                (message_id, topic_arn, message, sent_at, now, now),
+            )
+        return cursor.rowcount == 1
+
+    def pending_inbound(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The notifications still `received` (not yet processed), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound WHERE status='received' ORDER BY rowid LIMIT ?", (limit,)
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def mark_inbound(self, message_id: str, *, status: str, detail: str = "", flow_run_id: str | None = None,
+                     attempts: int | None = None) -> None:
+        """Record what became of a notification (`received` again: it stays pending). A flow run id once set, and
+        the attempts counted so far, are kept when none is given."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE inbound SET status=?, detail=?, flow_run_id=COALESCE(?, flow_run_id),"
+                " attempts=COALESCE(?, attempts), updated_at=? WHERE message_id=?",
+                (status, detail, flow_run_id, attempts, _now(), message_id),
+            )
+
+    def inbound_rows(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The notifications kept, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_INBOUND_COLUMNS} FROM inbound ORDER BY rowid DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [dict(r) for r in rows]
