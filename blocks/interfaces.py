@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from email.message import EmailMessage
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
@@ -48,6 +49,25 @@ class Planner(Protocol):
         ...
 
 
+class ReplyIntent(StrEnum):
+    """What a customer's emailed reply to the upsell email means; `unclear` goes to a person."""
+
+    YES = "yes"
+    NO = "no"
+    MAYBE = "maybe"
+    UNCLEAR = "unclear"
+
+
+class ReplyClassifier(Protocol):
+    """Reads the customer's new words of an emailed reply (quotes and signature already removed)."""
+
+    name: str  # "claude" or "rule-based", for the run log
+
+    def classify(self, text: str) -> ReplyIntent:
+        """The reply's intent; `unclear` when the text does not say, or the answer could not be trusted."""
+        ...
+
+
 class EmailSender(Protocol):
     """Delivers one built email (to its To address) and returns the provider's message id."""
 
@@ -55,6 +75,14 @@ class EmailSender(Protocol):
     from_name: str
 
     def send(self, message: EmailMessage, *, idempotency_key: str) -> str: ...
+
+
+class Mailbox(Protocol):
+    """Where a received email is stored (an SES receipt rule's S3 action)."""
+
+    def read(self, bucket: str, key: str) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 class SlackPost(BaseModel):

@@ -22,13 +22,16 @@ from blocks.interfaces import (
     ChatNotifier,
     CrmSource,
     EmailSender,
+    Mailbox,
     MeetingScheduler,
     OpportunityStore,
     Planner,
+    ReplyClassifier,
     UsageSource,
 )
 from blocks.mongo import MongoOpportunityStore, SqliteOpportunityStore
-from blocks.ses import OutboxEmailSender, SesEmailSender
+from blocks.reply_rules import RuleBasedReplyClassifier
+from blocks.ses import LocalMailbox, OutboxEmailSender, SesEmailSender
 from blocks.slack import LocalSlackRecorder, SlackCredentials
 from blocks.sources import FixtureSource, HttpCrmSource, HttpUsageSource
 from blocks.zoom import LocalMeetingRecorder, ZoomCredentials
@@ -74,6 +77,11 @@ PLANNER: ServiceSpec[AnthropicCredentials, Planner] = ServiceSpec(
     "planner", AnthropicCredentials, "upsell-anthropic", AnthropicCredentials.get_client,
     lambda s: RuleBasedPlanner(), "rule-based planner",
 )  # fmt: skip
+#: Reads the customer's emailed replies: Claude through the planner's block (one key, one model), or word lists.
+CLASSIFIER: ServiceSpec[AnthropicCredentials, ReplyClassifier] = ServiceSpec(
+    "classifier", AnthropicCredentials, "upsell-anthropic", AnthropicCredentials.get_classifier,
+    lambda s: RuleBasedReplyClassifier(), "rule-based reply classifier",
+)  # fmt: skip
 EMAIL: ServiceSpec[SesEmailSender, EmailSender] = ServiceSpec(
     "email", SesEmailSender, "upsell-ses", SesEmailSender.get_client,
     lambda s: OutboxEmailSender(s.data_dir / "outbox", from_name=s.sender_name), "file outbox",
@@ -91,9 +99,17 @@ STORE: ServiceSpec[MongoOpportunityStore, OpportunityStore] = ServiceSpec(
     lambda s: SqliteOpportunityStore(s.data_dir / "upsell.db"), "embedded SQLite store",
 )  # fmt: skip
 
+#: Reads the emails SES received into S3: with the SES block's account, or from a local folder.
+MAILBOX: ServiceSpec[SesEmailSender, Mailbox] = ServiceSpec(
+    "mailbox", SesEmailSender, "upsell-ses", SesEmailSender.get_mailbox,
+    lambda s: LocalMailbox(s.data_dir / "inbound"), "local mail folder",
+)  # fmt: skip
+
 SERVICES: dict[str, ServiceSpec[Any, Any]] = {
-    spec.service: spec for spec in (USAGE, CRM, PLANNER, EMAIL, SLACK, ZOOM, STORE)
+    spec.service: spec for spec in (USAGE, CRM, PLANNER, CLASSIFIER, EMAIL, SLACK, ZOOM, STORE, MAILBOX)
 }
+#: The services an upsell run uses (the receiver uses the classifier and the mailbox for emailed replies).
+FLOW_SERVICES = ("usage", "crm", "planner", "email", "slack", "zoom", "store")
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,9 @@ def load_blocks() -> dict[str, Block | None]:
     `upsell-<service>` whose block type is the service's block class; the block is built from the document's
     data (its secrets included).
     """
-    wanted = {(spec.document, spec.block_class.get_block_type_slug()): spec for spec in SERVICES.values()}
+    wanted: dict[tuple[str, str], list[ServiceSpec[Any, Any]]] = {}
+    for spec in SERVICES.values():  # a document may serve several services (upsell-anthropic: planner, classifier)
+        wanted.setdefault((spec.document, spec.block_class.get_block_type_slug()), []).append(spec)
     found: dict[str, Block | None] = dict.fromkeys(SERVICES)
     with get_client(sync_client=True) as client:
         offset = 0
@@ -132,8 +150,7 @@ def load_blocks() -> dict[str, Block | None]:
             page = client.read_block_documents(limit=_PAGE, offset=offset, include_secrets=True)
             for document in page:
                 slug = document.block_type.slug if document.block_type is not None else ""
-                spec = wanted.get((document.name or "", slug))
-                if spec is not None:
+                for spec in wanted.get((document.name or "", slug), []):
                     # the document's fields are the block's fields (ours hold no nested block references)
                     found[spec.service] = spec.block_class.model_validate(document.data)
             if len(page) < _PAGE:
@@ -167,6 +184,8 @@ def resolve(service: Literal["crm"], settings: StandinSettings) -> Resolved[CrmS
 @overload
 def resolve(service: Literal["planner"], settings: StandinSettings) -> Resolved[Planner]: ...
 @overload
+def resolve(service: Literal["classifier"], settings: StandinSettings) -> Resolved[ReplyClassifier]: ...
+@overload
 def resolve(service: Literal["email"], settings: StandinSettings) -> Resolved[EmailSender]: ...
 @overload
 def resolve(service: Literal["slack"], settings: StandinSettings) -> Resolved[ChatNotifier]: ...
@@ -174,6 +193,8 @@ def resolve(service: Literal["slack"], settings: StandinSettings) -> Resolved[Ch
 def resolve(service: Literal["zoom"], settings: StandinSettings) -> Resolved[MeetingScheduler]: ...
 @overload
 def resolve(service: Literal["store"], settings: StandinSettings) -> Resolved[OpportunityStore]: ...
+@overload
+def resolve(service: Literal["mailbox"], settings: StandinSettings) -> Resolved[Mailbox]: ...
 @overload
 def resolve(service: str, settings: StandinSettings) -> Resolved[object]: ...
 def resolve(service: str, settings: StandinSettings) -> Resolved[Any]:
