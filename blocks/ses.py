@@ -106,6 +106,53 @@ class SesEmailClient:
         self.client.close()
 
 
+#: The largest email read from S3 (SES receives up to 40 MB; a reply worth reading is far smaller).
+MAX_INBOUND_BYTES = 10 * 1024 * 1024
+
+
+class S3Mailbox:
+    """Reads the raw emails an SES receipt rule stored in S3 (the rule's S3 action)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def __repr__(self) -> str:
+        return f"S3Mailbox({self.client.meta.region_name})"
+
+    def read(self, bucket: str, key: str) -> bytes:
+        """The stored email, at most MAX_INBOUND_BYTES of it (PermanentError when it is not there)."""
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+        except self.client.exceptions.NoSuchKey as exc:
+            raise PermanentError(f"no stored email s3://{bucket}/{key}") from exc
+        try:
+            return bytes(body.read(MAX_INBOUND_BYTES))
+        finally:
+            body.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class LocalMailbox:
+    """The local stand-in of the S3 mailbox: `<folder>/<bucket>/<key>` files."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __repr__(self) -> str:
+        return f"LocalMailbox({str(self.folder)!r})"
+
+    def read(self, bucket: str, key: str) -> bytes:
+        path = (self.folder / bucket / key).resolve()
+        if not path.is_relative_to(self.folder.resolve()) or not path.is_file():
+            raise PermanentError(f"no stored email {bucket}/{key}")
+        return path.read_bytes()[:MAX_INBOUND_BYTES]
+
+    def close(self) -> None:
+        return None
+
+
 class SesEmailSender(Block):
     """Sends the upsell email with SES `SendEmail` (raw MIME content); needs `ses:SendEmail` on the identity."""
 
@@ -149,6 +196,23 @@ class SesEmailSender(Block):
             from_name=self.from_name,
             configuration_set=self.configuration_set or None,
         )
+
+
+    def get_mailbox(self) -> S3Mailbox:
+        """A reader of the emails SES received into S3 (same account and credentials; `endpoint_url` for tests)."""
+        session = boto3.session.Session(
+            aws_access_key_id=_secret(self.aws_access_key_id),
+            aws_secret_access_key=_secret(self.aws_secret_access_key),
+            aws_session_token=_secret(self.aws_session_token),
+            region_name=self.region_name,
+        )
+        config = Config(
+            retries={"total_max_attempts": 3, "mode": "standard"},  # reading is safe to retry
+            connect_timeout=request_timeout(self.connect_timeout_s),
+            read_timeout=request_timeout(self.read_timeout_s),
+            user_agent_extra="upsell/0.1",
+        )
+        return S3Mailbox(session.client("s3", endpoint_url=self.endpoint_url or None, config=config))
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -595,6 +595,36 @@ def sweep() -> None:
     typer.echo(f"Closed {len(closed)} expired wait(s)")
 
 
+@app.command()
+def inbound(
+    limit: Annotated[int, typer.Option(help="How many of the latest to show.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
+) -> None:
+    """The latest emails and notifications SES sent the receiver (`POST /inbound/ses`) and what became of each:
+    resumed, unmatched, not_waiting, auto_reply, bounced, complained, soft_bounce, ... (read from the receiver's
+    file, so run it where the receiver runs)."""
+    from webhook.settings import ReceiverFiles
+    from webhook.store import ReceiverStore
+
+    path = ReceiverFiles().receiver_db_path
+    if not path.exists():
+        raise _fail(f"no receiver file at {path}: run this where the receiver runs (UPSELL_DATA_DIR)")
+    store = ReceiverStore(path)
+    try:
+        rows = store.inbound_rows(limit)
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("No inbound email yet.")
+        return
+    for row in rows:
+        run = f" run {row['flow_run_id']}" if row.get("flow_run_id") else ""
+        typer.echo(f"{row['received_at']}  {row['status']:<12}{run}  {row.get('detail') or ''}")
+
+
 @blocks_app.command("register")
 def blocks_register() -> None:
     """Register the block types with the Prefect API (same as `prefect block register -m blocks`)."""

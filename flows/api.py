@@ -176,10 +176,10 @@ async def waiting_for(client: PrefectClient, flow_run_id: UUID | str) -> str | N
 
 async def resume_wait(client: PrefectClient, flow_run_id: UUID | str, kind: str, run_input: dict[str, Any]) -> None:
     """Resume the run's `kind` wait with typed input; NotWaitingError when it is not in that wait."""
-    checked = validate_wait_input(kind, run_input)
     current = await waiting_for(client, flow_run_id)
     if kind in REPLY_WAITS and current in REPLY_WAITS:  # the customer's answer, before or after the follow-up
         kind = current
+    checked = validate_wait_input(kind, run_input)
     if current != kind:
         raise NotWaitingError(
             f"flow run {flow_run_id} is not waiting for {kind!r}"

@@ -24,6 +24,7 @@ from flows.models import (
     EmailDraft,
     MeetingApproval,
     OpportunityReview,
+    ReplyReading,
     SendWindowRelease,
     UpsellPlan,
     UsageAlert,
@@ -139,6 +140,25 @@ def customer_reply(
         f" **{draft.to}**{after}, if they answered another way than the email's buttons (by phone, by email)."
         " Leave this wait alone if they have not answered: it closes by itself as \"no reply\" when it expires.",
     )
+
+
+def reply_reading(text: str, plan: UpsellPlan, timeout_s: float) -> WaitRequest[ReplyReading]:
+    """A person reads an emailed reply the classifier could not call (the customer's words are data: quoted as a
+    block in the form's description, never markup)."""
+    quoted = "\n".join(f"> {line}" if line.strip() else ">" for line in _plain(text).splitlines()) or "> (empty)"
+    return WaitRequest(
+        "read-reply",
+        ReplyReading,
+        timeout_s,
+        f"The customer answered the email recommending **{plan.recommended_plan}**, but whether it means yes, no or"
+        f" maybe could not be told. Their words (quotes and signature removed):\n\n{quoted}\n\n"
+        "Choose what it means.",
+    )
+
+
+def _plain(text: str) -> str:
+    """The customer's text as inert markdown: every markdown and HTML character escaped."""
+    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~&" else c for c in text[:2000])
 
 
 def send_window(contract: ContractData, when: str, timeout_s: float) -> WaitRequest[SendWindowRelease]:

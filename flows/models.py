@@ -160,6 +160,8 @@ class UpsellStatus(StrEnum):
     REJECTED = "rejected"
     SUPPRESSED = "suppressed"
     NEEDS_REVIEW = "needs_review"
+    BOUNCED = "bounced"  # the email hard-bounced: the address is suppressed
+    COMPLAINED = "complained"  # the customer marked the email as spam: the address is suppressed
 
 
 def _finite(value: float | None, name: str) -> float | None:
@@ -297,6 +299,7 @@ class EmailDraft(BaseModel):
     message: str = ""
     sender_name: str = ""
     sender_postal_address: str = ""
+    reply_to: str = Field(default="", description="The run's signed reply address (empty: replies go to From).")
 
 
 class EmailResult(BaseModel):
@@ -352,6 +355,7 @@ class Opportunity(BaseModel):
     email_message_id: str | None = None
     meeting_join_url: str | None = None
     reviewer_note: str = ""
+    reply_text: str = Field(default="", description="The customer's emailed reply (quotes and signature removed).")
     flow_run_id: str | None = None
     occurred_at: datetime | None = None
     playbook: str = Field(default="default", description="The playbook the upsell followed (flows/playbooks.py).")
@@ -409,11 +413,28 @@ class CustomerReplyInput(RunInput):
         description="What the customer answered (yes, no or maybe), for example by phone or by email.",
     )
 
+    #: Set by the receiver for an emailed reply (a person may set them too): the customer's words, and what became
+    #: of the email when it was not a clear answer.
+    text: str = Field(
+        default="", max_length=4000, title="Their words",
+        description="Optional: what the customer wrote, when they answered by email.",
+    )  # fmt: skip
+    delivery: Literal["answered", "unclear", "bounced", "complained"] = Field(
+        default="answered",
+        title="How the email went",
+        description="answered: the reply above. unclear: a person reads their email and decides. bounced or"
+        " complained (marked as spam): the upsell ends and the address gets no more email.",
+    )
+
     @model_serializer(mode="wrap")
     def _no_reply_as_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         if self.reply is CustomerReply.NO_REPLY:
             data.pop("reply", None)
+        if not self.text:
+            data.pop("text", None)
+        if self.delivery == "answered":
+            data.pop("delivery", None)
         return data
 
 
@@ -472,6 +493,16 @@ class OpportunityReview(RunInput):
         return self
 
 
+class ReplyReading(RunInput):
+    """A person's reading of an emailed reply the classifier could not call (shown in the form's description)."""
+
+    reply: Annotated[
+        CustomerReply, WithJsonSchema({"type": "string", "enum": [r.value for r in CustomerReply]})
+    ] = Field(title="The customer's answer", description="What the customer's email says: yes, no or maybe.")
+    note: str = Field(default="", title="Note for the team", description="Optional.")
+    reviewer: ReviewerName = ""
+
+
 class SendWindowRelease(RunInput):
     """Sending the email now instead of when the contact's send window opens (the wait's own answer when it does)."""
 
@@ -480,17 +511,20 @@ class SendWindowRelease(RunInput):
 
 
 WaitKind = Literal[
-    "approve-email", "send-window", "reply", "follow-up-reply", "review", "approve-meeting", "approve-opportunity"
+    "approve-email", "send-window", "reply", "follow-up-reply", "read-reply", "review", "approve-meeting",
+    "approve-opportunity",
 ]
 
-#: The waits for the customer's answer: before the follow-up, and after it. A reply link answers either.
-REPLY_WAITS: tuple[WaitKind, ...] = ("reply", "follow-up-reply")
+#: The waits for the customer's answer: before the follow-up, after it, and a person reading an unclear emailed
+#: reply. The customer's reply link answers any of them.
+REPLY_WAITS: tuple[WaitKind, ...] = ("reply", "follow-up-reply", "read-reply")
 
 #: The typed input each kind of wait takes (the pause key of the wait is its kind).
 WAIT_INPUTS: dict[str, type[RunInput]] = {
     "reply": CustomerReplyInput,
     "follow-up-reply": CustomerReplyInput,
     "send-window": SendWindowRelease,
+    "read-reply": ReplyReading,
     "approve-email": EmailApproval,
     "approve-meeting": MeetingApproval,
     "review": OpportunityReview,
@@ -502,6 +536,7 @@ EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
     "reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),  # {}: see CustomerReplyInput
     "follow-up-reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),
     "send-window": {"note": "the send window opened"},
+    "read-reply": {"reply": "no_reply", "note": "not read in time"},
     "approve-email": {"approved": False, "subject": "", "body_text": "", "note": "approval timed out"},
     "approve-meeting": {"approved": False, "note": "approval timed out"},
     "review": {"approved": False, "estimated_value": 0.0, "note": "approval timed out"},

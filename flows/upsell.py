@@ -29,6 +29,7 @@ from flows.models import (
     AutomationLevel,
     ContractData,
     CustomerReply,
+    CustomerReplyInput,
     EmailDraft,
     EmailResult,
     Meeting,
@@ -198,7 +199,13 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
         return run.finish(UpsellStatus.NEEDS_REVIEW, planned, opportunity_id, email=email, slack=slack, note=note)
 
     journal.reach(UpsellStage.WAITING_REPLY, event="upsell.reply.waiting")
-    reply = wait_for_reply(run, contract, draft, plan, email)
+    answer = wait_for_reply(run, contract, draft, plan, email)
+    if answer.delivery in ("bounced", "complained"):  # the receiver suppressed the address already
+        status = UpsellStatus(answer.delivery)
+        ended = run.opportunity(status, planned, email, CustomerReply.NO_REPLY, note=f"the email {answer.delivery}")
+        opportunity_id = run.task(log_opportunity)(ended)
+        return run.finish(status, planned, opportunity_id, email=email, slack=slack, note=ended.reviewer_note)
+    reply = read_reply(run, plan, answer)
     journal.reach(UpsellStage.WAITING_REPLY, reply=reply.value)
 
     value, note = plan.estimated_value, ""
@@ -252,6 +259,8 @@ class UpsellRun:
     #: replace a given level or timeout; a given playbook is not chosen again).
     given: frozenset[str] = frozenset()
     follow_up_sent: bool = False
+    #: The customer's emailed reply, recorded on the opportunity.
+    reply_text: str = ""
     #: Outward steps an earlier attempt died in: never repeated, flagged for a human.
     unknown: list[str] = field(default_factory=list)
 
@@ -355,6 +364,7 @@ class UpsellRun:
             playbook=self.playbook.name,
             variant=self.variant.name if self.variant else "",
             follow_up_sent=self.follow_up_sent,
+            reply_text=self.reply_text,
         )
 
     def final_status(self, note: str) -> tuple[UpsellStatus, str]:
@@ -508,6 +518,8 @@ def decision_links(run: UpsellRun, wait: WaitKind, initial: dict[str, Any]) -> d
     draft); a link whose answer the form would refuse is not offered, so every link offered can be used.
     """
     form = WAIT_INPUTS[wait]
+    if "approved" not in form.model_fields:  # not a yes/no decision (a person reads a reply): the form only
+        return {}
     links = {}
     for label, approved, note in (("approve", True, "approved from Slack"), ("reject", False, "rejected from Slack")):
         value: dict[str, Any] = {"approved": approved, "note": note}
@@ -575,6 +587,8 @@ STATUS_NAMES: dict[UpsellStatus, str] = {
     UpsellStatus.REJECTED: "Rejected",
     UpsellStatus.SUPPRESSED: "Suppressed",
     UpsellStatus.NEEDS_REVIEW: "Needs review",
+    UpsellStatus.BOUNCED: "Bounced",
+    UpsellStatus.COMPLAINED: "Marked as spam",
 }
 APPROVAL_TIMED_OUT = "Not approved in time"
 #: Every name a final state of an upsell run can have (automations that watch for a run's end list them).
@@ -610,6 +624,8 @@ def outcome_message(outcome: UpsellOutcome) -> str:
         UpsellStatus.REJECTED: ["Rejected by a reviewer"],
         UpsellStatus.SUPPRESSED: ["Not sent: the contact unsubscribed"],
         UpsellStatus.NEEDS_REVIEW: ["Needs a person to check it"],
+        UpsellStatus.BOUNCED: ["The email bounced: the address gets no more email"],
+        UpsellStatus.COMPLAINED: ["The customer marked the email as spam: the address gets no more email"],
     }[outcome.status]
     if approval_timed_out(outcome):
         parts = ["Nobody approved it in time"]
@@ -681,17 +697,17 @@ def hold_for_send_window(run: UpsellRun, contract: ContractData) -> None:
 
 def wait_for_reply(
     run: UpsellRun, contract: ContractData, draft: EmailDraft, plan: UpsellPlan, email: EmailResult
-) -> CustomerReply:
+) -> CustomerReplyInput:
     """The customer's reply. With a follow-up in the playbook: when nobody answered after its delay, one follow-up
     email in the same thread (sent once; never after a reply, and not to an unsubscribed contact), then the wait
     goes on until the reply timeout."""
     follow_up, total_s = run.playbook.follow_up, run.reply_timeout_s
     if follow_up is None or follow_up.after_hours * 3600 >= total_s:
-        return run.wait(inputs.customer_reply(draft, plan, total_s)).reply
+        return run.wait(inputs.customer_reply(draft, plan, total_s))
     first_s = follow_up.after_hours * 3600
-    reply = run.wait(inputs.customer_reply(draft, plan, first_s)).reply
-    if reply is not CustomerReply.NO_REPLY:
-        return reply
+    answer = run.wait(inputs.customer_reply(draft, plan, first_s))
+    if answer.reply is not CustomerReply.NO_REPLY or answer.delivery != "answered":
+        return answer
     again = draft_follow_up(run.alert, contract, draft)
     sent = run.journal.step(
         "follow_up", EmailResult, lambda: run.task(send_follow_up)(run.alert, again, email.message_id)
@@ -700,7 +716,16 @@ def wait_for_reply(
     if sent.status == "unknown":
         run.unknown.append("follow-up email")
     run.journal.reach(UpsellStage.WAITING_REPLY, follow_up=sent.status)
-    return run.wait(inputs.customer_reply(draft, plan, total_s - first_s, kind="follow-up-reply")).reply
+    return run.wait(inputs.customer_reply(draft, plan, total_s - first_s, kind="follow-up-reply"))
+
+
+def read_reply(run: UpsellRun, plan: UpsellPlan, answer: CustomerReplyInput) -> CustomerReply:
+    """The customer's reply; an emailed reply the classifier could not call is read by a person (a typed form
+    showing the customer's words), never guessed. The words are recorded on the opportunity."""
+    run.reply_text = answer.text
+    if answer.delivery != "unclear":
+        return answer.reply
+    return run.decide(inputs.reply_reading(answer.text, plan, run.approval_timeout_s), plan).reply
 
 
 def book_meeting(run: UpsellRun, contract: ContractData, plan: UpsellPlan) -> Meeting | None:

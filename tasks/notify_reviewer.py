@@ -27,6 +27,7 @@ DECISIONS: dict[str, str] = {
     "review": "review the upsell now that the customer has replied",
     "approve-meeting": "approve booking the meeting the customer asked for",
     "approve-opportunity": "approve the opportunity before it is logged",
+    "read-reply": "read the customer's emailed reply, which could not be told apart as yes, no or maybe",
 }
 REPLIES = {"yes": "Yes", "no": "No", "maybe": "Maybe later", "no_reply": "No reply"}
 

@@ -20,7 +20,7 @@ from tasks.content.email import (
     message_id_for,
 )
 from tasks.content.outgoing import allowed_links, email_problems
-from tasks.runtime.links import LinkToken, link_for
+from tasks.runtime.links import LinkToken, link_for, reply_address
 from tasks.runtime.once import run_once
 from tasks.runtime.policy import SEND_STEP, step_options
 from tasks.runtime.settings import get_settings
@@ -70,7 +70,7 @@ def draft_email(
         ),
         route="unsubscribe",
     )
-    return compose_email(
+    draft = compose_email(
         usage=usage,
         contract=contract,
         plan=plan,
@@ -81,11 +81,15 @@ def draft_email(
         template=template,
         subject=subject,
     )
+    if not settings.reply_domain or not run_id:
+        return draft
+    return draft.model_copy(update={"reply_to": reply_address(run_id, secret, settings.reply_domain)})
 
 
 def draft_follow_up(alert: UsageAlert, contract: ContractData, first: EmailDraft) -> EmailDraft:
     """The follow-up to the first email: "Re:" its subject, its answer and unsubscribe links (a plain function)."""
-    return compose_follow_up(first=first, contract=contract, metric_type=alert.metric_type)
+    follow_up = compose_follow_up(first=first, contract=contract, metric_type=alert.metric_type)
+    return follow_up.model_copy(update={"reply_to": first.reply_to})  # a reply to either resumes the same run
 
 
 @task(**step_options(EMAIL_STEP, SEND_STEP))

@@ -14,7 +14,12 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterIdempotencyKey,
+)
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
@@ -180,6 +185,14 @@ class PrefectGateway:
             silent = not page.events
         dead = stalled(run, after, stale, silent=silent)
         return None if dead is None else dead.detail
+
+    async def run_for_event(self, event_id: str) -> str | None:
+        """The id of the upsell run of an event (by the idempotency key every trigger uses), or None."""
+        runs = await self.call(lambda: self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(idempotency_key=FlowRunFilterIdempotencyKey(any_=[f"upsell:{event_id}"])),
+            limit=1,
+        ))
+        return str(runs[0].id) if runs else None
 
     async def resume_wait(self, flow_run_id: str, wait: str, run_input: dict[str, Any]) -> None:
         """Answer the run's `wait` (NotWaitingError when it is not in that wait)."""

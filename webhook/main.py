@@ -23,8 +23,9 @@ from prefect.settings import PREFECT_API_URL
 from flows.playbooks import load_playbooks
 from webhook.dispatcher import AlertDispatcher
 from webhook.gateway import PrefectGateway
+from webhook.inbound import InboundWorker
 from webhook.models import Refused
-from webhook.routes import alerts, docs, health, links, report
+from webhook.routes import alerts, docs, health, inbound, links, report
 from webhook.security import SecurityHeaders
 from webhook.settings import INSECURE_WARNING, ReceiverSettings
 from webhook.spool import Spool
@@ -49,11 +50,15 @@ async def running(app: FastAPI, settings: ReceiverSettings) -> AsyncIterator[Non
         dispatcher = AlertDispatcher(settings, store, gateway, spool, app.state.playbooks)
         app.state.store, app.state.gateway, app.state.spool, app.state.dispatcher = store, gateway, spool, dispatcher
         worker = spool.start(partial(dispatcher.decide, from_spool=True))
+        inbound = InboundWorker(settings, store, gateway)
+        app.state.inbound_wake = inbound.wake
+        workers = [worker, inbound.start()]
         try:
             yield
         finally:
-            worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
     store.close()
 
 
@@ -89,6 +94,7 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     app.include_router(links.router)
     app.include_router(docs.router)
     app.include_router(report.router)
+    app.include_router(inbound.router)
     app.add_middleware(SecurityHeaders)
     return app
 

@@ -201,6 +201,17 @@ def message_id_for(event_id: str, kind: EmailKind, from_address: str) -> str:
     return f"<upsell.{safe}.{kind}@{_domain(from_address)}>"
 
 
+_OUR_MESSAGE_ID = re.compile(r"^<upsell\.(?P<safe>(?:[A-Za-z0-9-]|_[0-9a-f]{2})+)\.(?:offer|follow-up)@[^>\s]+>$")
+
+
+def event_of_message_id(message_id: str) -> str | None:
+    """The event id of one of our Message-IDs (`message_id_for` read back), or None for any other id."""
+    found = _OUR_MESSAGE_ID.match(message_id.strip())
+    if found is None:
+        return None
+    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), found["safe"])
+
+
 def _domain(from_address: str) -> str:
     return from_address.rsplit("@", 1)[-1] or "upsell.local"
 
@@ -225,6 +236,8 @@ def build_message(
     message["Subject"] = draft.subject
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = message_id or make_msgid(domain=_domain(from_address))
+    if draft.reply_to:
+        message["Reply-To"] = draft.reply_to
     if in_reply_to:
         message["In-Reply-To"] = in_reply_to
         message["References"] = " ".join(dict.fromkeys([*references, in_reply_to]))

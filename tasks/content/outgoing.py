@@ -19,6 +19,7 @@ from linkify_it import LinkifyIt
 
 from flows.models import EmailDraft
 from tasks.content.untrusted import LINK_RULES, UnsafeData, checked_email, findings, is_invisible
+from tasks.runtime.links import REPLY_LOCAL_PART
 
 _URL = re.compile(r"[a-z][a-z0-9+.-]*://[^\s<>|\"']+", re.I)
 _SLACK_SEQUENCE = re.compile(r"<([^<>]*)>")
@@ -120,6 +121,8 @@ def email_problems(draft: EmailDraft, allowed: AllowedLinks) -> list[str]:
     problems += [f"Subject: {p}" for p in text_problems(draft.subject, AllowedLinks())]
     problems += [f"text part: {p}" for p in text_problems(draft.body_text, allowed, multiline=True)]
     problems += [f"HTML part: {p}" for p in html_problems(draft.body_html, allowed)]
+    if draft.reply_to and not REPLY_LOCAL_PART.match(draft.reply_to.rsplit("@", 1)[0]):
+        problems.append("Reply-To: not the run's own reply address")
     for url in [draft.unsubscribe_url, *draft.reply_links.values()]:
         if url and not allowed.allows(url):
             problems.append("a reply or unsubscribe link that is not the product's own")

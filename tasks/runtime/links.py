@@ -6,7 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
+import uuid
 from typing import Any
 
 from pydantic import BaseModel
@@ -66,3 +68,26 @@ def verify_token(text: str, secret: str, now: float | None = None) -> LinkToken:
 
 def link_for(base_url: str, secret: str, token: LinkToken, route: str = "links") -> str:
     return f"{base_url.rstrip('/')}/{route}/{sign_token(token, secret)}"
+
+
+#: The local part of a reply address: `upsell+<flow run id, 32 hex>-<signature, 12 hex>`.
+REPLY_LOCAL_PART = re.compile(r"^upsell\+(?P<run>[0-9a-f]{32})-(?P<sig>[0-9a-f]{12})$")
+
+
+def reply_address(flow_run_id: str, secret: str, domain: str) -> str:
+    """The signed Reply-To of a run's emails: a reply to it names its run, and only we can make one."""
+    run = uuid.UUID(str(flow_run_id)).hex
+    return f"upsell+{run}-{_reply_signature(run, secret)}@{domain}"
+
+
+def run_of_reply_address(address: str, secret: str) -> str | None:
+    """The flow run id a reply address names, when its signature is ours (None otherwise: never guessed)."""
+    local = address.strip().lower().rsplit("@", 1)[0]
+    found = REPLY_LOCAL_PART.match(local)
+    if found is None or not hmac.compare_digest(found["sig"], _reply_signature(found["run"], secret)):
+        return None
+    return str(uuid.UUID(found["run"]))
+
+
+def _reply_signature(run_hex: str, secret: str) -> str:
+    return hmac.new(secret.encode(), f"reply:{run_hex}".encode(), hashlib.sha256).hexdigest()[:12]

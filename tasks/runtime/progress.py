@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from blocks.registry import SERVICES, resolve
+from blocks.registry import FLOW_SERVICES, SERVICES, resolve
 from flows.models import STAGE_ORDER, UpsellStage, UsageAlert, metric_label
 from tasks.runtime.settings import get_settings
 
@@ -39,6 +39,7 @@ WAIT_ROWS: dict[str, tuple[str, str]] = {
     "send-window": ("Send window", "Waiting for the contact's business hours"),
     "reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply"),
     "follow-up-reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply to the follow-up"),
+    "read-reply": ("Reply reading", "Waiting for a person to read the customer's email"),
     "review": ("Review", "Waiting for review"),
     "approve-meeting": ("Meeting approval", "Waiting for the meeting to be approved"),
     "approve-opportunity": ("Opportunity approval", "Waiting for the opportunity to be approved"),
@@ -221,7 +222,7 @@ def announce_integrations(log: bool = True) -> list[str]:
     """The services a local stand-in stands in for; with `log`, say which integrations are real and which not."""
     logger = get_run_logger()
     standins = []
-    for service in SERVICES:
+    for service in FLOW_SERVICES:
         chosen = resolve(service, get_settings())
         if chosen.standin:
             standins.append(service)

@@ -62,6 +62,12 @@ class UpsellSettings(BaseSettings):
     deployment_name: str = "upsell/upsell"
     sender_name: str = "Upsell Team"
     sender_postal_address: str = "Example Corp, 1 Market Street, San Francisco, CA 94105"
+    reply_domain: str = Field(
+        default="",
+        pattern=r"^([A-Za-z0-9-]+\.)+[A-Za-z]{2,}$|^$",
+        description="Domain whose mail SES receives (MX record): emails carry a signed Reply-To"
+        " upsell+<run>-<signature>@<domain>, so an emailed reply resumes its run. Empty: no Reply-To.",
+    )
     meeting_lead_time_h: float = Field(default=48.0, ge=0)
     max_usage_value: float = Field(
         default=1e12, gt=0, description="Usage figures from the source above this stop the upsell for review."

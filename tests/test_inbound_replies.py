@@ -1,0 +1,185 @@
+"""Replies by email, end to end: a real upsell run waits for the customer's reply, the customer answers its email,
+and the SES notification (signed by a test certificate the fake SNS serves) reaches the receiver, which resumes
+the run. Also: an unclear reply goes to a person, an automatic reply and a forged address change nothing, a hard
+bounce ends the upsell and suppresses the address, a soft bounce is only recorded, and an email stored in S3
+(moto) is read from there."""
+
+from __future__ import annotations
+
+import email
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from blocks.mongo import SqliteOpportunityStore
+from flows.models import CustomerReply, UpsellOutcome, UpsellStatus, UsageAlert
+from flows.upsell import upsell
+from tests.fakes.sns import (
+    TOPIC_ARN,
+    FakeSns,
+    post_sns,
+    raw_email,
+    ses_bounce,
+    ses_received,
+    ses_received_in_s3,
+    sns_notification,
+)
+from tests.support import find_run_id, resume, saved_blocks, wait_until_paused
+from tests.test_webhook_support import SECRET
+from webhook.serve import ReceiverThread
+from webhook.settings import ReceiverSettings
+
+REPLY_DOMAIN = "replies.example.com"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeSns]:
+    sns = FakeSns().start()
+    yield sns
+    sns.stop()
+
+
+class Inbound:
+    """A receiver subscribed to the test topic (sharing the test's data folder with the run) and a client of it."""
+
+    def __init__(self, thread: ReceiverThread, http: httpx.Client, fake: FakeSns) -> None:
+        self.thread, self.http, self.fake = thread, http, fake
+
+    def post(self, ses_event: dict[str, Any], version: int = 2) -> str:
+        message = self.fake.sign_message(sns_notification(ses_event), version)  # type: ignore[arg-type]
+        answer = post_sns(self.http, message)
+        assert answer.status_code == 202, answer.text
+        return str(message["MessageId"])
+
+    def status(self, message_id: str, timeout_s: float = 30) -> dict[str, Any]:
+        """The row of the notification once the receiver's worker is done with it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with sqlite3.connect(self.thread.settings.receiver_db_path) as db:
+                db.row_factory = sqlite3.Row
+                row = dict(db.execute("SELECT * FROM inbound WHERE message_id=?", (message_id,)).fetchone())
+            if row["status"] != "received" or time.monotonic() > deadline:
+                return row
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def inbound(fake: FakeSns, prefect_server: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbound]:
+    monkeypatch.setenv("UPSELL_REPLY_DOMAIN", REPLY_DOMAIN)
+    settings = ReceiverSettings(
+        webhook_secrets=[SECRET], data_dir=data_dir, receiver_db=data_dir / "receiver.db",
+        prefect_api_url=prefect_server, sns_topic_arns=[TOPIC_ARN], sns_cert_host_pattern=r"127\.0\.0\.1",
+        sns_url_schemes=["http"],
+    )  # fmt: skip
+    with ReceiverThread(settings) as thread, httpx.Client(base_url=thread.url, timeout=30) as http:
+        yield Inbound(thread, http, fake)
+
+
+@contextmanager
+def waiting_run(event_id: str) -> Iterator[tuple[Future[UpsellOutcome], str]]:
+    """An upsell run (account 12345) waiting for the customer's reply: (its outcome to come, its id)."""
+    alert = UsageAlert(event_id=event_id, account_id="12345", metric_type="trade_volume", current_value=150,
+                       threshold=100, severity="critical")  # fmt: skip
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(upsell, alert, reply_timeout_s=600)
+        run_id = find_run_id(alert.run_name)
+        wait_until_paused(run_id, "reply")
+        yield future, str(run_id)
+
+
+def sent_email(data_dir: Path) -> email.message.EmailMessage:
+    (path,) = (data_dir / "outbox").glob("*.eml")
+    return email.message_from_bytes(path.read_bytes(), policy=policy.default)  # type: ignore[return-value]
+
+
+GMAIL_QUOTE = "\n\nOn Mon, 7 Dec 2026 at 09:00, Upsell Team <upsell@localhost> wrote:\n> Reply yes to talk.\n> Yes!\n"
+
+
+def test_an_emailed_yes_resumes_the_run_and_its_words_are_recorded(inbound: Inbound, data_dir: Path,
+                                                                   event_id: str) -> None:
+    with waiting_run(event_id) as (outcome, run_id):
+        offer = sent_email(data_dir)
+        reply_to = str(offer["Reply-To"])
+        assert reply_to.startswith("upsell+") and reply_to.endswith(f"@{REPLY_DOMAIN}")
+        answer = raw_email(to=reply_to, text="Sounds good, can we talk Tuesday?" + GMAIL_QUOTE,
+                           in_reply_to=str(offer["Message-ID"]))
+        row = inbound.status(inbound.post(ses_received(answer, encoding="BASE64", recipients=[reply_to])))
+        assert row["status"] == "resumed" and row["flow_run_id"] == run_id, row
+        result = outcome.result(timeout=60)
+    assert result.reply is CustomerReply.YES
+    logged = SqliteOpportunityStore(data_dir / "upsell.db").get_opportunity(event_id)
+    assert logged is not None and logged.reply_text == "Sounds good, can we talk Tuesday?"
+
+
+def test_an_unclear_reply_waits_for_a_person_and_noise_changes_nothing(inbound: Inbound, data_dir: Path,
+                                                                       event_id: str) -> None:
+    with waiting_run(event_id) as (outcome, run_id):
+        reply_to = str(sent_email(data_dir)["Reply-To"])
+        out_of_office = raw_email(to=reply_to, subject="Automatic reply: A plan for your growth",
+                                  text="I am out of the office until Monday.")
+        out_of_office = b"Auto-Submitted: auto-replied\r\n" + out_of_office
+        ignored = inbound.status(inbound.post(ses_received(out_of_office, recipients=[reply_to])))
+        assert ignored["status"] == "auto_reply", ignored
+        local, domain = reply_to.split("@")
+        forged = f"{local[:-12]}{'0' * 12}@{domain}"  # the run's address with a signature we did not make
+        stranger = raw_email(to=forged, text="Yes, absolutely.")
+        assert inbound.status(inbound.post(ses_received(stranger, recipients=[forged])))["status"] == "unmatched"
+        wait_until_paused(run_id, "reply")  # still waiting: neither was taken for an answer
+
+        unclear = raw_email(to=reply_to, text="Who gave you this address? Call my assistant.", subject="Re: plan")
+        assert inbound.status(inbound.post(ses_received(unclear, recipients=[reply_to])))["status"] == "resumed"
+        wait_until_paused(run_id, "read-reply")  # a person reads it: the form shows the customer's words
+        resume(run_id, "read-reply", {"reply": "maybe", "note": "asked for a call later", "reviewer": "Kim"})
+        result = outcome.result(timeout=60)
+    assert result.reply is CustomerReply.MAYBE
+    logged = SqliteOpportunityStore(data_dir / "upsell.db").get_opportunity(event_id)
+    assert logged is not None and "Who gave you this address?" in logged.reply_text
+
+
+def test_a_hard_bounce_ends_the_upsell_and_suppresses_the_address(inbound: Inbound, data_dir: Path,
+                                                                  event_id: str) -> None:
+    with waiting_run(event_id) as (outcome, run_id):
+        offer = sent_email(data_dir)
+        to, reply_to = str(offer["To"]), str(offer["Reply-To"])
+        soft = ses_bounce([to], bounce_type="Transient")
+        assert inbound.status(inbound.post(soft))["status"] == "soft_bounce"
+        wait_until_paused(run_id, "reply")
+        hard = ses_bounce([to])
+        hard["mail"]["headers"].append({"name": "Reply-To", "value": reply_to})  # SES sends the original headers
+        row = inbound.status(inbound.post(hard, version=1))
+        assert row["status"] == "resumed" and row["flow_run_id"] == run_id, row
+        result = outcome.result(timeout=60)
+    assert result.status is UpsellStatus.BOUNCED
+    store = SqliteOpportunityStore(data_dir / "upsell.db")
+    assert store.is_suppressed(to)
+    logged = store.get_opportunity(event_id)
+    assert logged is not None and logged.status is UpsellStatus.BOUNCED
+
+
+def test_an_email_stored_in_s3_is_read_from_there(inbound: Inbound, data_dir: Path, event_id: str,
+                                                  moto_url: str) -> None:
+    from blocks.ses import SesEmailSender
+
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_url, aws_access_key_id="testing",
+                      aws_secret_access_key="testing")  # fmt: skip
+    bucket, key = f"inbound-{uuid.uuid4().hex[:8]}", f"mail/{uuid.uuid4().hex}"
+    s3.create_bucket(Bucket=bucket)
+    with waiting_run(event_id) as (outcome, run_id):
+        reply_to = str(sent_email(data_dir)["Reply-To"])
+        s3.put_object(Bucket=bucket, Key=key, Body=raw_email(to=reply_to, text="No thanks, we are fine."))
+        block = SesEmailSender(region_name="us-east-1", from_address="upsell@example.com", endpoint_url=moto_url,
+                               aws_access_key_id="testing", aws_secret_access_key="testing")  # type: ignore[arg-type]
+        with saved_blocks({"upsell-ses": block}):  # the receiver reads S3 with the SES block's account
+            row = inbound.status(inbound.post(ses_received_in_s3(bucket, key, recipients=[reply_to])))
+        assert row["status"] == "resumed", row
+        assert outcome.result(timeout=60).reply is CustomerReply.NO
