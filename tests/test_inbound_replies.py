@@ -30,6 +30,7 @@ from tests.fakes.sns import (
     post_sns,
     raw_email,
     ses_bounce,
+    ses_complaint,
     ses_received,
     ses_received_in_s3,
     sns_notification,
@@ -146,24 +147,27 @@ def test_an_unclear_reply_waits_for_a_person_and_noise_changes_nothing(inbound: 
     assert logged is not None and "Who gave you this address?" in logged.reply_text
 
 
-def test_a_hard_bounce_ends_the_upsell_and_suppresses_the_address(inbound: Inbound, data_dir: Path,
-                                                                  event_id: str) -> None:
+@pytest.mark.parametrize("kind, status", [("bounce", UpsellStatus.BOUNCED), ("complaint", UpsellStatus.COMPLAINED)])
+def test_a_hard_bounce_or_a_complaint_ends_the_upsell_and_suppresses_the_address(
+    inbound: Inbound, data_dir: Path, event_id: str, kind: str, status: UpsellStatus
+) -> None:
     with waiting_run(event_id) as (outcome, run_id):
         offer = sent_email(data_dir)
         to, reply_to = str(offer["To"]), str(offer["Reply-To"])
-        soft = ses_bounce([to], bounce_type="Transient")
-        assert inbound.status(inbound.post(soft))["status"] == "soft_bounce"
-        wait_until_paused(run_id, "reply")
-        hard = ses_bounce([to])
-        hard["mail"]["headers"].append({"name": "Reply-To", "value": reply_to})  # SES sends the original headers
-        row = inbound.status(inbound.post(hard, version=1))
+        if kind == "bounce":
+            soft = ses_bounce([to], bounce_type="Transient")
+            assert inbound.status(inbound.post(soft))["status"] == "soft_bounce"
+            wait_until_paused(run_id, "reply")  # a soft bounce is recorded only
+        final = ses_bounce([to]) if kind == "bounce" else ses_complaint([to])
+        final["mail"]["headers"].append({"name": "Reply-To", "value": reply_to})  # SES sends the original headers
+        row = inbound.status(inbound.post(final, version=1))
         assert row["status"] == "resumed" and row["flow_run_id"] == run_id, row
         result = outcome.result(timeout=60)
-    assert result.status is UpsellStatus.BOUNCED
+    assert result.status is status
     store = SqliteOpportunityStore(data_dir / "upsell.db")
     assert store.is_suppressed(to)
     logged = store.get_opportunity(event_id)
-    assert logged is not None and logged.status is UpsellStatus.BOUNCED
+    assert logged is not None and logged.status is status
 
 
 def test_an_email_stored_in_s3_is_read_from_there(inbound: Inbound, data_dir: Path, event_id: str,

@@ -20,12 +20,12 @@ from email.utils import getaddresses
 from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from tasks.content.replies import InboundReply, parse_reply
 
 from blocks.registry import resolve
 from flows.api import NotWaitingError, UpsellRequestError
 from flows.models import REPLY_WAITS
 from tasks.content.email import event_of_message_id
+from tasks.content.replies import InboundReply, parse_reply
 from tasks.runtime.links import run_of_reply_address
 from webhook.gateway import PrefectGateway, PrefectUnavailable
 from webhook.settings import ReceiverSettings
