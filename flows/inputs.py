@@ -161,14 +161,18 @@ def _plain(text: str) -> str:
     return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~&" else c for c in text[:2000])
 
 
-def send_window(contract: ContractData, when: str, timeout_s: float) -> WaitRequest[SendWindowRelease]:
-    """The email waits for the contact's business hours (the playbook's send window); it goes out when the window
-    opens (the sweep answers the wait then), or at once when a person submits the form."""
+def send_window(
+    contract: ContractData, when: str, timeout_s: float, kind: WaitKind = "send-window"
+) -> WaitRequest[SendWindowRelease]:
+    """The email (`follow-up-window`: the follow-up) waits for the contact's business hours (the playbook's send
+    window); it goes out when the window opens (the sweep answers the wait then), or at once when a person submits
+    the form."""
+    which = "follow-up email" if kind == "follow-up-window" else "upsell email"
     return WaitRequest(
-        "send-window",
+        kind,
         SendWindowRelease,
         timeout_s,
-        f"The upsell email to **{contract.contact_email}** is held for the contact's business hours: it {when}."
+        f"The {which} to **{contract.contact_email}** is held for the contact's business hours: it {when}."
         " Submit this form only to send it now instead.",
     )
 

@@ -511,8 +511,8 @@ class SendWindowRelease(RunInput):
 
 
 WaitKind = Literal[
-    "approve-email", "send-window", "reply", "follow-up-reply", "read-reply", "review", "approve-meeting",
-    "approve-opportunity",
+    "approve-email", "send-window", "reply", "follow-up-window", "follow-up-reply", "read-reply", "review",
+    "approve-meeting", "approve-opportunity",
 ]
 
 #: The waits for the customer's answer: before the follow-up, after it, and a person reading an unclear emailed
@@ -524,6 +524,7 @@ WAIT_INPUTS: dict[str, type[RunInput]] = {
     "reply": CustomerReplyInput,
     "follow-up-reply": CustomerReplyInput,
     "send-window": SendWindowRelease,
+    "follow-up-window": SendWindowRelease,
     "read-reply": ReplyReading,
     "approve-email": EmailApproval,
     "approve-meeting": MeetingApproval,
@@ -536,6 +537,7 @@ EXPIRED_WAIT_INPUT: dict[str, dict[str, Any]] = {
     "reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),  # {}: see CustomerReplyInput
     "follow-up-reply": CustomerReplyInput(reply=CustomerReply.NO_REPLY).model_dump(mode="json"),
     "send-window": {"note": "the send window opened"},
+    "follow-up-window": {"note": "the send window opened"},
     "read-reply": {"reply": "no_reply", "note": "not read in time"},
     "approve-email": {"approved": False, "subject": "", "body_text": "", "note": "approval timed out"},
     "approve-meeting": {"approved": False, "note": "approval timed out"},

@@ -555,8 +555,8 @@ def answer_details(request: WaitRequest[Any], answer: RunInput) -> dict[str, Any
         expired = EXPIRED_WAIT_INPUT.get(request.kind, {}).get("note")
         timed_out = not given["approved"] and given.get("note") == expired
         details["decision"] = "not answered in time" if timed_out else ("approved" if given["approved"] else "rejected")
-    if request.kind == "send-window":
-        opened = given.get("note") == EXPIRED_WAIT_INPUT["send-window"]["note"]
+    if request.kind in ("send-window", "follow-up-window"):
+        opened = given.get("note") == EXPIRED_WAIT_INPUT[request.kind]["note"]
         details["decision"] = "sent when the window opened" if opened else "sent now"
     if given.get("reviewer"):
         details["by"] = given["reviewer"]
@@ -669,30 +669,34 @@ class SendSchedule(BaseModel):
     send_at: datetime
     held: bool
     zone: str
+    held_s: float = 0.0
 
 
-def hold_for_send_window(run: UpsellRun, contract: ContractData) -> None:
-    """Outside the contact's send window, wait (suspended: no process held) until it opens, then send.
+def hold_for_send_window(run: UpsellRun, contract: ContractData, wait: WaitKind = "send-window") -> float:
+    """Outside the contact's send window, wait (suspended: no process held) until it opens, then send; the
+    seconds held. `follow-up-window` for the follow-up, which keeps to the same window.
 
     The sweep resumes the wait when it expires, at the window's opening; a person may send at once from the form.
     """
     window = run.playbook.send_window
     if window is None:
-        return
+        return 0.0
 
     def schedule() -> SendSchedule:
         now = datetime.now(UTC)
         send_at = next_send_time(window, now, contract.contact_timezone, contract.contact_country)
-        return SendSchedule(send_at=send_at, held=send_at > now, zone=contract.contact_timezone)
+        held_s = (send_at - now).total_seconds()
+        return SendSchedule(send_at=send_at, held=held_s > 0, zone=contract.contact_timezone, held_s=held_s)
 
-    planned = run.journal.step("send_at", SendSchedule, schedule)
+    planned = run.journal.step(f"{wait}-at", SendSchedule, schedule)
     if not planned.held:
-        return
+        return 0.0
     when = describe_wait(planned.send_at, planned.zone)
     if not run.journal.replaying:
         get_run_logger().info("Outside the contact's send window: the email %s", when)
     wait_s = max((planned.send_at - datetime.now(UTC)).total_seconds(), 1.0)
-    run.wait(inputs.send_window(contract, when, wait_s), due=planned.send_at)
+    run.wait(inputs.send_window(contract, when, wait_s, wait), due=planned.send_at)
+    return planned.held_s
 
 
 def wait_for_reply(
@@ -708,6 +712,7 @@ def wait_for_reply(
     answer = run.wait(inputs.customer_reply(draft, plan, first_s))
     if answer.reply is not CustomerReply.NO_REPLY or answer.delivery != "answered":
         return answer
+    held_s = hold_for_send_window(run, contract, "follow-up-window")
     again = draft_follow_up(run.alert, contract, draft)
     sent = run.journal.step(
         "follow_up", EmailResult, lambda: run.task(send_follow_up)(run.alert, again, email.message_id)
@@ -716,7 +721,8 @@ def wait_for_reply(
     if sent.status == "unknown":
         run.unknown.append("follow-up email")
     run.journal.reach(UpsellStage.WAITING_REPLY, follow_up=sent.status)
-    return run.wait(inputs.customer_reply(draft, plan, total_s - first_s, kind="follow-up-reply"))
+    # the reply timeout counts from the first email: a follow-up held for the window shortens the wait after it
+    return run.wait(inputs.customer_reply(draft, plan, max(total_s - first_s - held_s, 1.0), kind="follow-up-reply"))
 
 
 def read_reply(run: UpsellRun, plan: UpsellPlan, answer: CustomerReplyInput) -> CustomerReply:

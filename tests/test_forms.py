@@ -223,9 +223,15 @@ def test_the_customer_reads_the_metric_in_words_never_its_raw_name():
 
 
 def _logs(run_id: str) -> list[str]:
+    """Every log line of the run, oldest first (paged: a run with its task runs logs more than a page)."""
+    found: list[str] = []
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])), limit=200)
-    return [log.message for log in logs]
+        while True:
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])),
+                                    limit=200, offset=len(found))  # fmt: skip
+            found += [log.message for log in page]
+            if len(page) < 200:
+                return found
 
 
 def _eventually(read: Callable[[], list[str]], done: Callable[[list[str]], bool], timeout_s: float = 30) -> list[str]:

@@ -194,3 +194,38 @@ playbooks:
         assert post_alert(http, storage).json()["triggered"]
         (run,) = runs_with_key(storage["event_id"])
         assert "playbook" not in run.parameters and "automation_level" not in run.parameters
+
+
+def test_a_follow_up_due_outside_the_send_window_waits_for_it(
+    tmp_path: Path, data_dir: Path, event_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = datetime.now(ZONE)
+    if local.hour == 23 and local.minute >= 58:
+        pytest.skip("the window would cross midnight")
+    start, end = datetime.min.time(), (local + timedelta(seconds=10)).time().replace(microsecond=0)
+    _playbooks(tmp_path, monkeypatch, f"""\
+playbooks:
+  - name: short-window
+    segment: {{metrics: [trade_volume]}}
+    follow_up: {{after_hours: 0.001}}
+    send_window: {{start: "{start.isoformat()}", end: "{end.isoformat()}", weekdays: [0, 1, 2, 3, 4, 5, 6],
+                   skip_public_holidays: false}}
+""")
+    alert = _alert(event_id)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(upsell, alert, reply_timeout_s=600)
+        run_id = find_run_id(alert.run_name)
+        wait_until_paused(run_id, "reply")  # the first email went out inside the window
+        assert len(_messages(data_dir)) == 1
+        while datetime.now(ZONE).time() < end:  # the window closes
+            time.sleep(0.5)
+        _expire(run_id, "reply")
+        wait_until_paused(run_id, "follow-up-window")  # the follow-up waits for the next opening (tomorrow)
+        assert len(_messages(data_dir)) == 1
+        table = latest_artifact(alert).data
+        assert "| Follow-up send window | waiting |" in table and "sends at" in table, table
+        resume(run_id, "follow-up-window", {"note": "send it now", "reviewer": "Kim"})  # a person sends it now
+        wait_until_paused(run_id, "follow-up-reply")
+        assert len(_messages(data_dir)) == 2
+        resume(run_id, "reply", {"reply": "maybe"})
+        assert future.result(timeout=60).reply is CustomerReply.MAYBE

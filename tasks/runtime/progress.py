@@ -38,6 +38,7 @@ WAIT_ROWS: dict[str, tuple[str, str]] = {
     "approve-email": ("Email approval", "Waiting for the email to be approved"),
     "send-window": ("Send window", "Waiting for the contact's business hours"),
     "reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply"),
+    "follow-up-window": ("Follow-up send window", "Waiting for the contact's business hours to follow up"),
     "follow-up-reply": (UpsellStage.WAITING_REPLY.value, "Waiting for the customer's reply to the follow-up"),
     "read-reply": ("Reply reading", "Waiting for a person to read the customer's email"),
     "review": ("Review", "Waiting for review"),
@@ -46,7 +47,7 @@ WAIT_ROWS: dict[str, tuple[str, str]] = {
 }
 
 #: How a wait's due time reads in the table: when the answer is due, or when a held email goes out.
-DUE_WORDS: dict[str, str] = {"send-window": "sends at"}
+DUE_WORDS: dict[str, str] = {"send-window": "sends at", "follow-up-window": "sends at"}
 
 
 def due_text(wait: str, due: str) -> str:
