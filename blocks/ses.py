@@ -175,8 +175,8 @@ class SesEmailSender(Block):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=30.0, gt=0, description="After this the send's outcome is unknown.")
 
-    def get_client(self) -> SesEmailClient:
-        """An SES sender; botocore does not retry sends (a retried send may deliver twice)."""
+    def _client(self, service: str, attempts: int) -> Any:
+        """A boto3 client of the block's account and region, with its timeouts and `attempts` tries per call."""
         session = boto3.session.Session(
             aws_access_key_id=_secret(self.aws_access_key_id),
             aws_secret_access_key=_secret(self.aws_secret_access_key),
@@ -184,12 +184,16 @@ class SesEmailSender(Block):
             region_name=self.region_name,
         )
         config = Config(
-            retries={"total_max_attempts": 1, "mode": "standard"},  # one attempt: no hidden resend
+            retries={"total_max_attempts": attempts, "mode": "standard"},
             connect_timeout=request_timeout(self.connect_timeout_s),
             read_timeout=request_timeout(self.read_timeout_s),
             user_agent_extra="upsell/0.1",
         )
-        client = session.client("sesv2", endpoint_url=self.endpoint_url or None, config=config)
+        return session.client(service, endpoint_url=self.endpoint_url or None, config=config)
+
+    def get_client(self) -> SesEmailClient:
+        """An SES sender; botocore does not retry sends (a retried send may deliver twice)."""
+        client = self._client("sesv2", attempts=1)  # one attempt: no hidden resend
         return SesEmailClient(
             client,
             from_address=self.from_address,
@@ -200,19 +204,7 @@ class SesEmailSender(Block):
 
     def get_mailbox(self) -> S3Mailbox:
         """A reader of the emails SES received into S3 (same account and credentials; `endpoint_url` for tests)."""
-        session = boto3.session.Session(
-            aws_access_key_id=_secret(self.aws_access_key_id),
-            aws_secret_access_key=_secret(self.aws_secret_access_key),
-            aws_session_token=_secret(self.aws_session_token),
-            region_name=self.region_name,
-        )
-        config = Config(
-            retries={"total_max_attempts": 3, "mode": "standard"},  # reading is safe to retry
-            connect_timeout=request_timeout(self.connect_timeout_s),
-            read_timeout=request_timeout(self.read_timeout_s),
-            user_agent_extra="upsell/0.1",
-        )
-        return S3Mailbox(session.client("s3", endpoint_url=self.endpoint_url or None, config=config))
+        return S3Mailbox(self._client("s3", attempts=3))  # reading is safe to retry
 
 
 def _secret(value: SecretStr | None) -> str | None:

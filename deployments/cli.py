@@ -86,6 +86,7 @@ def demo(
             )
             with temporary_settings(updates={PREFECT_API_URL: api_url}):  # this process talks to the same API
                 rows = asyncio.run(run_demo(api_url, timeout_s=timeout, log=log))
+                report = render_report()  # while the API (where the store's block would be saved) is up
         except (RuntimeError, TimeoutError) as exc:
             raise _fail(str(exc)) from exc
         finally:
@@ -107,7 +108,7 @@ def demo(
         typer.echo(f"Demo wall time: {elapsed:.1f}s")
         typer.echo("")
         typer.echo("Funnel of the upsells logged in this data folder (`upsell report`; the page: GET /report):")
-        typer.echo(render_report())
+        typer.echo(report)
     if not all(r["ok"] for r in rows):
         raise typer.Exit(code=1)
 

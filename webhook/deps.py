@@ -70,13 +70,8 @@ def check_signature(request: Request, settings: ReceiverSettings, signed: bytes)
         raise Refused(401, "invalid_signature", str(exc), field=SIGNATURE_HEADER) from None
 
 
-async def read_signed_body(request: Request, settings: SettingsDep) -> bytes:
-    """The raw body of an alert: JSON content type, at most `max_body_bytes`, signed with an active secret."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise Refused(415, "unsupported_media_type", f"content-type must be application/json, got "
-                      f"{content_type or 'none'!r}", field="content-type")
-    limit = settings.max_body_bytes
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The raw body, refused with 413 past `limit` bytes (by its declared length, or while it streams in)."""
     declared = request.headers.get("content-length", "")
     if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise Refused(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}", field="body")
@@ -86,7 +81,16 @@ async def read_signed_body(request: Request, settings: SettingsDep) -> bytes:
         if size > limit:
             raise Refused(413, "body_too_large", f"body exceeds the {limit}-byte limit", field="body")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_signed_body(request: Request, settings: SettingsDep) -> bytes:
+    """The raw body of an alert: JSON content type, at most `max_body_bytes`, signed with an active secret."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise Refused(415, "unsupported_media_type", f"content-type must be application/json, got "
+                      f"{content_type or 'none'!r}", field="content-type")
+    body = await read_capped(request, settings.max_body_bytes)
     check_signature(request, settings, body)
     return body
 
@@ -126,17 +130,7 @@ async def read_sns_body(request: Request, settings: SettingsDep) -> bytes:
     if content_type not in SNS_CONTENT_TYPES:
         raise Refused(415, "unsupported_media_type", f"content-type must be text/plain (as SNS posts), got "
                       f"{content_type or 'none'!r}", field="content-type")
-    limit = settings.sns_max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, "body_too_large", f"body exceeds the {limit}-byte limit", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_capped(request, settings.sns_max_body_bytes)
 
 
 SnsVerifierDep = Annotated[SnsVerifier, Depends(get_sns_verifier)]
