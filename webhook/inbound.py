@@ -35,8 +35,6 @@ logger = logging.getLogger("upsell.receiver")
 
 #: How often pending notifications are tried again (a new one wakes the worker at once).
 ROUND_S = 5.0
-#: Tries before a notification that keeps failing is set aside as `failed` (shown, not retried).
-MAX_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -79,10 +77,9 @@ class InboundWorker:
         for row in self.store.pending_inbound(limit=100):
             try:
                 done = await self.work(json.loads(row["message"]))
-            except (PrefectUnavailable, OSError, TimeoutError) as exc:  # try again next round
+            except (PrefectUnavailable, OSError, TimeoutError) as exc:  # kept pending: tried again every round
                 attempts = int(row.get("attempts") or 0) + 1
-                status = "failed" if attempts >= MAX_ATTEMPTS else "received"
-                self.store.mark_inbound(row["message_id"], status=status, detail=f"{type(exc).__name__}: {exc}",
+                self.store.mark_inbound(row["message_id"], status="received", detail=f"{type(exc).__name__}: {exc}",
                                         attempts=attempts)  # fmt: skip
                 continue
             except (ValueError, KeyError, TypeError) as exc:  # not a notification we can read: kept, not retried
