@@ -10,13 +10,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from blocks.interfaces import OpportunityStore
-from blocks.registry import resolve
 from tasks.runtime.signing import SIGNATURE_HEADER
 from webhook.dispatcher import AlertDispatcher
-from webhook.gateway import PrefectGateway
+from webhook.gateway import PrefectGateway, resolve_via_api
 from webhook.models import Refused
 from webhook.settings import ReceiverSettings
 from webhook.signing import SignatureError, verify_signature
@@ -185,10 +183,8 @@ def get_opportunity_store(settings: SettingsDep, gateway: GatewayDep) -> Iterato
     if gateway.api_down:
         raise Refused(503, "prefect_unavailable", "The Prefect API does not answer: the opportunity store, found "
                       "through it, cannot be read now. Try again later.")
-    updates = {PREFECT_API_URL: settings.prefect_api_url} if settings.prefect_api_url else {}
     try:
-        with temporary_settings(updates=updates):
-            store = resolve("store", settings).client
+        store = resolve_via_api("store", settings)
     except Exception as exc:  # answered as unavailable on purpose: the page cannot be drawn without the store
         logger.warning("Funnel report: the opportunity store could not be found (%s: %s)", type(exc).__name__, exc)
         raise Refused(503, "store_unavailable", "The opportunity store could not be reached. Try again later.") from exc

@@ -24,7 +24,9 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from blocks.registry import resolve
 from flows.api import create_upsell_run, deployment_id_for, resume_wait
 from flows.models import STAGE_ORDER, UsageAlert, automation_level_for, metric_label
 from flows.playbooks import Playbook
@@ -39,6 +41,13 @@ T = TypeVar("T")
 
 #: The longest a link page waits for what the run says about itself; after that it is shown in general words.
 SUMMARY_TIMEOUT_S = 2.0
+
+
+def resolve_via_api(service: str, settings: ReceiverSettings) -> Any:
+    """The client of `service` (blocks.registry.resolve), its block looked up on the receiver's Prefect API."""
+    url = settings.prefect_api_url
+    with temporary_settings(updates={PREFECT_API_URL: url} if url else {}):
+        return resolve(service, settings).client
 
 
 class PrefectUnavailable(Exception):

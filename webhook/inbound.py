@@ -19,15 +19,12 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
-
-from blocks.registry import resolve
 from flows.api import NotWaitingError, UpsellRequestError
 from flows.models import REPLY_WAITS
 from tasks.content.email import event_of_message_id
 from tasks.content.replies import InboundReply, parse_reply
 from tasks.runtime.links import run_of_reply_address
-from webhook.gateway import PrefectGateway, PrefectUnavailable
+from webhook.gateway import PrefectGateway, PrefectUnavailable, resolve_via_api
 from webhook.settings import ReceiverSettings
 from webhook.store import ReceiverStore
 
@@ -103,8 +100,7 @@ class InboundWorker:
         """The received email: inline in the notification (the receipt rule's SNS action), or in S3."""
         action = event["receipt"]["action"]
         if action.get("type") == "S3":
-            with self._prefect():
-                mailbox = resolve("mailbox", self.settings).client
+            mailbox = resolve_via_api("mailbox", self.settings)
             try:
                 return bytes(mailbox.read(action["bucketName"], action["objectKey"]))
             finally:
@@ -125,8 +121,7 @@ class InboundWorker:
         run_id = await self.run_for(reply)
         if run_id is None:
             return Done("unmatched", "no signed reply address or Message-ID of ours")
-        with self._prefect():
-            classifier = resolve("classifier", self.settings).client
+        classifier = resolve_via_api("classifier", self.settings)
         intent = str(await asyncio.to_thread(classifier.classify, reply.text))
         answer: dict[str, Any] = {"text": reply.text}
         answer |= {"reply": intent} if intent in ("yes", "no", "maybe") else {"delivery": "unclear"}
@@ -181,15 +176,9 @@ class InboundWorker:
         return [address for _name, address in getaddresses(values) if "@" in address]
 
     def _suppress(self, addresses: list[str], reason: str) -> None:
-        with self._prefect():
-            store = resolve("store", self.settings).client
+        store = resolve_via_api("store", self.settings)
         try:
             for address in addresses:
                 store.add_suppression(address, reason)
         finally:
             store.close()
-
-    def _prefect(self) -> Any:
-        """The receiver's Prefect API for the block lookups (the blocks live there)."""
-        url = self.settings.prefect_api_url
-        return temporary_settings(updates={PREFECT_API_URL: url} if url else {})

@@ -9,11 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prefect.settings import PREFECT_API_URL, temporary_settings
-
-from blocks.registry import resolve
 from flows.models import UsageAlert
-from webhook.gateway import PrefectGateway
+from webhook.gateway import PrefectGateway, resolve_via_api
 from webhook.models import AlertAnswer
 from webhook.settings import ReceiverSettings
 from webhook.store import ReceiverStore
@@ -135,9 +132,7 @@ class Spool:
         return applied
 
     def _add_suppressions(self, pending: list[dict[str, Any]]) -> int:
-        updates = {PREFECT_API_URL: self.settings.prefect_api_url} if self.settings.prefect_api_url else {}
-        with temporary_settings(updates=updates):
-            suppressions = resolve("store", self.settings).client  # the saved store block, or the local stand-in
+        suppressions = resolve_via_api("store", self.settings)  # the saved store block, or the local stand-in
         try:
             for row in pending:
                 suppressions.add_suppression(row["email"], "one-click unsubscribe")

@@ -83,7 +83,6 @@ DETAIL_LABELS: dict[str, str] = {
     "reason": "reason",
     "playbook": "playbook",
     "variant": "variant",
-    "send_at": "sends at",
     "follow_up": "follow-up",
 }
 MONEY = frozenset({"estimated_value"})
