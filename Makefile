@@ -1,19 +1,33 @@
 # Every target sets itself up on a fresh machine: it creates .venv and installs the project when needed.
+# Installs are locked: uv.lock pins every dependency (with hashes) at the versions the suite last passed with.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# uv is pinned too and lives in its own venv, out of reach of the exact sync of .venv; it never downloads a Python
+UV_VERSION := 0.13.10
+TOOLS := .venv-tools
+UV_STAMP := $(TOOLS)/.uv-$(UV_VERSION)
+UV := UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test typecheck suite lint bench up clean help
+.PHONY: demo test typecheck suite lint bench up lock clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ -/'
 
-$(STAMP): pyproject.toml
+$(UV_STAMP):
+	rm -rf $(TOOLS)
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	touch $@
+
+# Exactly what uv.lock pins, with the dev extra, and the project itself editable; extraneous packages are removed
+# (pip stays: uv leaves the venv's own pip alone). --locked refuses a uv.lock out of date with pyproject.toml.
+$(STAMP): pyproject.toml uv.lock $(UV_STAMP)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --extra dev --python $(BIN)/python -q \
+	  || { echo 'Install from uv.lock failed; if uv.lock is out of date with pyproject.toml, run `make lock`' >&2; exit 1; }
 	touch $(STAMP)
 
 demo: $(STAMP)  ## Set up, start a local Prefect server, run the demo upsells, print the results
@@ -54,5 +68,10 @@ bench: $(STAMP)  ## Run the benchmarks (not part of the tests)
 	$(BIN)/python bench/receiver.py
 	$(BIN)/python bench/waiting.py
 
-clean:  ## Remove the venv and local data
-	rm -rf $(VENV) .upsell
+# `make lock UPGRADE=` keeps the current pins and only resolves what pyproject.toml changed
+UPGRADE ?= --upgrade
+lock: $(UV_STAMP)  ## Refresh uv.lock: every dependency at its newest release pyproject.toml allows (then `make test`, commit both)
+	$(UV) lock $(UPGRADE) --python $(PYTHON)
+
+clean:  ## Remove the venvs and local data
+	rm -rf $(VENV) $(TOOLS) .upsell
