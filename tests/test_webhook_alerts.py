@@ -18,7 +18,17 @@ from prefect.states import Cancelled
 
 from flows.upsell import upsell
 from tasks.runtime.signing import sign
-from tests.test_webhook_support import OLD_SECRET, SECRET, alert, get_status, post_alert, runs_with_key, signed_headers
+from tests.test_webhook_support import (
+    OLD_SECRET,
+    REPORT_TOKEN,
+    SECRET,
+    alert,
+    get_status,
+    health_of,
+    post_alert,
+    runs_with_key,
+    signed_headers,
+)
 from webhook.gateway import attached_key
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
@@ -36,7 +46,7 @@ def deployment(prefect_server: str) -> str:
 def _settings(tmp: Path, api_url: str, **fields) -> ReceiverSettings:
     return ReceiverSettings(
         webhook_secrets=[SECRET, OLD_SECRET], data_dir=tmp, receiver_db=tmp / "receiver.db", prefect_api_url=api_url,
-        deployment_name=DEPLOYMENT, cooldown_s=2.0, prefect_timeout_s=10, **fields,
+        deployment_name=DEPLOYMENT, cooldown_s=2.0, prefect_timeout_s=10, report_token=REPORT_TOKEN, **fields,
     )
 
 
@@ -99,7 +109,7 @@ def test_bad_signatures_get_401_with_reason(client, case):
 def test_insecure_dev_flag_accepts_unsigned_and_says_so(deployment, prefect_server, tmp_path):
     settings = _settings(tmp_path, prefect_server, webhook_insecure_dev=True)
     with ReceiverThread(settings) as receiver, httpx.Client(base_url=receiver.url) as http:
-        health = http.get("/healthz").json()
+        health = health_of(http)
         assert health["signing"] == "disabled" and "INSECURE_DEV" in health["warning"]
         response = http.post("/alerts", json=alert())
         assert response.status_code == 202, response.text
@@ -197,7 +207,7 @@ def test_alert_status_endpoint(client):
 
 
 def test_healthz_and_docs(client):
-    health = client.get("/healthz").json()
+    health = health_of(client)
     assert health["signing"] == "required" and health["spool_depth"] == 0 and health["prefect_api"] == "up"
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()

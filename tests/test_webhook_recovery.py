@@ -22,7 +22,7 @@ from flows.models import AutomationLevel, UsageAlert
 from flows.upsell import upsell
 from tasks.runtime.links import LinkToken, link_for
 from tests.fakes.server import serve_in_thread
-from tests.test_webhook_support import SECRET, alert, get_status, post_alert, runs_with_key
+from tests.test_webhook_support import REPORT_TOKEN, SECRET, alert, get_status, health_of, post_alert, runs_with_key
 from webhook.ports import free_port
 from webhook.routes.links import UNSUBSCRIBE_APPLY_S
 from webhook.serve import ReceiverThread
@@ -41,7 +41,8 @@ def deployment(prefect_server: str) -> str:
 def _settings(tmp: Path, api_url: str, **fields: Any) -> ReceiverSettings:
     return ReceiverSettings(
         webhook_secrets=SECRET, data_dir=tmp, receiver_db=tmp / "receiver.db", prefect_api_url=api_url,
-        deployment_name=DEPLOYMENT, prefect_timeout_s=3, dispatch_interval_s=0.2, **fields,
+        deployment_name=DEPLOYMENT, prefect_timeout_s=3, dispatch_interval_s=0.2, report_token=REPORT_TOKEN,
+        **fields,
     )  # fmt: skip
 
 
@@ -81,7 +82,7 @@ def test_alerts_left_received_by_a_dead_receiver_become_exactly_one_run_each(
     store.close()
 
     with ReceiverThread(settings) as receiver, httpx.Client(base_url=receiver.url, timeout=30) as http:
-        _until(lambda: http.get("/healthz").json()["spool_depth"] == 0)
+        _until(lambda: health_of(http)["spool_depth"] == 0)
         first = get_status(http, never_created["event_id"]).json()
         second = get_status(http, created_before_death["event_id"]).json()
 

@@ -11,7 +11,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempoten
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.upsell import upsell
-from tests.test_webhook_support import SECRET, PrefectServer, alert, get_status, post_alert
+from tests.test_webhook_support import REPORT_TOKEN, SECRET, PrefectServer, alert, get_status, health_of, post_alert
 from webhook.ports import free_port
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
@@ -32,7 +32,7 @@ def test_spool_survives_api_outage_and_receiver_restart(tmp_path):
         settings = ReceiverSettings(
             webhook_secrets=SECRET, data_dir=tmp_path, receiver_db=tmp_path / "receiver.db",
             prefect_api_url=server.api_url, deployment_name="upsell/spool-tests",
-            prefect_timeout_s=2, dispatch_interval_s=0.3,
+            prefect_timeout_s=2, dispatch_interval_s=0.3, report_token=REPORT_TOKEN,
         )
         before = alert()
         spooled = [alert(), alert(), alert(severity="critical")]
@@ -45,19 +45,19 @@ def test_spool_survives_api_outage_and_receiver_restart(tmp_path):
             assert all(a.json()["queued"] is True and "flow_run_id" not in a.json() for a in answers)
             repeat = post_alert(http, spooled[0]).json()
             assert repeat["queued"] is True and repeat["duplicate"] is True
-            health = http.get("/healthz").json()
+            health = health_of(http)
             assert health["spool_depth"] == 3 and health["prefect_api"] == "down"
             assert get_status(http, spooled[0]["event_id"]).json()["status"] == "queued"
 
         # the receiver restarts while the API is still down: the spool is on disk
         with ReceiverThread(settings) as receiver, httpx.Client(base_url=receiver.url, timeout=30) as http:
-            assert http.get("/healthz").json()["spool_depth"] == 3
+            assert health_of(http)["spool_depth"] == 3
             server.start()
             deadline = time.monotonic() + 30
-            while http.get("/healthz").json()["spool_depth"] and time.monotonic() < deadline:
+            while health_of(http)["spool_depth"] and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert http.get("/healthz").json() | {"prefect_api_url": ""} == {
-                "status": "ok", "signing": "required", "spool_depth": 0, "prefect_api": "up",
+            assert health_of(http) | {"prefect_api_url": ""} == {
+                "status": "up", "signing": "required", "spool_depth": 0, "prefect_api": "up",
                 "prefect_api_url": ""}
             for payload in spooled:
                 status = get_status(http, payload["event_id"]).json()

@@ -24,6 +24,8 @@ from webhook.signing import SignatureError, verify_signature
 
 SECRET = "whsec_current_0123456789abcdef"
 OLD_SECRET = "whsec_previous_0123456789abcdef"
+#: The report's bearer token of the test receivers: /healthz shows its details only to it.
+REPORT_TOKEN = "report-token-0123456789abcdef"
 
 
 def alert(**fields: Any) -> dict[str, Any]:
@@ -49,6 +51,11 @@ def post_alert(client: httpx.Client, payload: dict[str, Any] | bytes, secret: st
 def get_status(client: httpx.Client, event_id: str) -> httpx.Response:
     path = f"/alerts/{event_id}"
     return client.get(path, headers={"X-Upsell-Signature": sign(path.encode(), SECRET)})
+
+
+def health_of(client: httpx.Client) -> dict[str, Any]:
+    """/healthz with its details (spool depth, Prefect API), as the report's credentials see it."""
+    return client.get("/healthz", headers={"authorization": f"Bearer {REPORT_TOKEN}"}).json()
 
 
 def runs_with_key(event_id: str) -> list[Any]:

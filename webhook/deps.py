@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 import secrets
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -24,8 +27,6 @@ from webhook.store import ReceiverStore
 
 logger = logging.getLogger("upsell.receiver")
 
-#: The most of a one-click unsubscribe form that is read (its one field is 27 bytes).
-FORM_LIMIT = 4096
 #: The protection space of the funnel report, named in its WWW-Authenticate challenges.
 REPORT_REALM = "upsell-report"
 
@@ -68,35 +69,20 @@ def check_signature(request: Request, settings: ReceiverSettings, signed: bytes)
         raise Refused(401, "invalid_signature", str(exc), field=SIGNATURE_HEADER) from None
 
 
-async def read_capped(request: Request, limit: int) -> bytes:
-    """The raw body, refused with 413 past `limit` bytes (by its declared length, or while it streams in)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, "body_too_large", f"body is {declared} bytes; the limit is {limit}", field="body")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, "body_too_large", f"body exceeds the {limit}-byte limit", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def read_signed_body(request: Request, settings: SettingsDep) -> bytes:
     """The raw body of an alert: JSON content type, at most `max_body_bytes`, signed with an active secret."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise Refused(415, "unsupported_media_type", f"content-type must be application/json, got "
                       f"{content_type or 'none'!r}", field="content-type")
-    body = await read_capped(request, settings.max_body_bytes)
+    body = await request.body()  # at most max_body_bytes: BodyLimit answered 413 past it
     check_signature(request, settings, body)
     return body
 
 
 async def read_form_body(request: Request) -> bytes:
-    """The start of a form body (an unsubscribe confirmation), at most FORM_LIMIT bytes."""
-    body = await request.body()
-    return body[:FORM_LIMIT]
+    """A form body (an unsubscribe confirmation): at most MAX_OTHER_BODY_BYTES, BodyLimit answered 413 past it."""
+    return await request.body()
 
 
 SignedBody = Annotated[bytes, Depends(read_signed_body)]
@@ -128,7 +114,7 @@ async def read_sns_body(request: Request, settings: SettingsDep) -> bytes:
     if content_type not in SNS_CONTENT_TYPES:
         raise Refused(415, "unsupported_media_type", f"content-type must be text/plain (as SNS posts), got "
                       f"{content_type or 'none'!r}", field="content-type")
-    return await read_capped(request, settings.sns_max_body_bytes)
+    return await request.body()  # at most sns_max_body_bytes: BodyLimit answered 413 past it
 
 
 SnsVerifierDep = Annotated[SnsVerifier, Depends(get_sns_verifier)]
@@ -167,14 +153,74 @@ def report_challenge(settings: ReceiverSettings) -> str:
     return ", ".join(schemes)
 
 
+#: Clients whose failed logins are remembered at most (the oldest is forgotten first): a flood of addresses
+#: cannot grow the receiver's memory without bound.
+LOGIN_CLIENTS_KEPT = 10_000
+
+
+class LoginFailures:
+    """Failed logins with the report's credentials, per client address, in the receiver's memory: a client with
+    `limit` failures in the last `window_s` seconds is refused (429) until the oldest of them is that old."""
+
+    def __init__(self, limit: int, window_s: float) -> None:
+        self.limit, self.window_s = limit, window_s
+        self._failures: dict[str, deque[float]] = {}
+
+    def retry_after(self, client: str) -> int:
+        """Seconds until `client` may try again; 0 when it may now."""
+        failures = self._failures.get(client)
+        if failures is None:
+            return 0
+        now = time.monotonic()
+        while failures and failures[0] <= now - self.window_s:
+            failures.popleft()
+        if not failures:
+            del self._failures[client]
+            return 0
+        return math.ceil(failures[0] + self.window_s - now) if len(failures) >= self.limit else 0
+
+    def failed(self, client: str) -> None:
+        failures = self._failures.pop(client, None) or deque(maxlen=self.limit)
+        failures.append(time.monotonic())
+        self._failures[client] = failures  # last in the dict: the most recently failing client
+        if len(self._failures) > LOGIN_CLIENTS_KEPT:
+            del self._failures[next(iter(self._failures))]
+
+
+def login_failures(request: Request) -> LoginFailures:
+    """The app's failed-login record (one per receiver process), made on first use; async-free and lock-free: it
+    runs on the event loop only."""
+    failures: LoginFailures | None = getattr(request.app.state, "login_failures", None)
+    if failures is None:
+        settings: ReceiverSettings = request.app.state.settings
+        failures = request.app.state.login_failures = LoginFailures(settings.report_login_failures,
+                                                                    settings.report_login_window_s)
+    return failures
+
+
+def check_report_login(request: Request, settings: ReceiverSettings) -> None:
+    """Refuse a client that failed too often (429, credentials not even compared), or whose Authorization header
+    carries neither the report's bearer token nor its user name and password (401, counted as a failure)."""
+    failures = login_failures(request)
+    client = request.client.host if request.client else "unknown"
+    wait_s = failures.retry_after(client)
+    if wait_s:
+        raise Refused(429, "too_many_failed_logins", f"Too many failed logins from this address: try again in "
+                      f"{wait_s} s.", field="authorization", headers={"Retry-After": str(wait_s)})
+    if not report_credentials_valid(request.headers.get("authorization", ""), settings):
+        failures.failed(client)
+        logger.warning("Report login failed from %s", client)
+        raise Refused(401, "unauthorized", "The funnel report needs the report's bearer token or its user name "
+                      "and password.", field="authorization", headers={"WWW-Authenticate": report_challenge(settings)})
+
+
 def require_report_access(request: Request, settings: SettingsDep) -> None:
-    """Refuse the report: 404 when no credentials are configured (it is never public), 401 without valid ones."""
+    """Refuse the report: 404 when no credentials are configured (it is never public), 429 after too many failed
+    logins, 401 without valid credentials."""
     if not settings.report_enabled:
         raise Refused(404, "report_not_enabled", "The funnel report is not enabled on this receiver: set "
                       "UPSELL_REPORT_TOKEN, or UPSELL_REPORT_USER and UPSELL_REPORT_PASSWORD, to serve it.")
-    if not report_credentials_valid(request.headers.get("authorization", ""), settings):
-        raise Refused(401, "unauthorized", "The funnel report needs the report's bearer token or its user name "
-                      "and password.", field="authorization", headers={"WWW-Authenticate": report_challenge(settings)})
+    check_report_login(request, settings)
 
 
 def get_opportunity_store(settings: SettingsDep, gateway: GatewayDep) -> Iterator[OpportunityStore]:

@@ -26,7 +26,7 @@ from webhook.gateway import PrefectGateway
 from webhook.inbound import InboundWorker
 from webhook.models import Refused
 from webhook.routes import alerts, docs, health, inbound, links, report
-from webhook.security import SecurityHeaders
+from webhook.security import BodyLimit, SecurityHeaders
 from webhook.settings import INSECURE_WARNING, ReceiverSettings
 from webhook.spool import Spool
 from webhook.store import ReceiverStore
@@ -95,7 +95,9 @@ def create_app(settings: ReceiverSettings) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(report.router)
     app.include_router(inbound.router)
-    app.add_middleware(SecurityHeaders)
+    # every body is capped before any route reads or authenticates it; the headers go on every answer, 413s too
+    app.add_middleware(BodyLimit, limit_for=settings.body_limit)
+    app.add_middleware(SecurityHeaders, https=settings.public_base_url.startswith("https://"))
     return app
 
 

@@ -93,8 +93,16 @@ class Refused(Exception):
         self.headers = headers or {}  # e.g. the WWW-Authenticate challenge of a 401
 
 
-class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+class HealthStatus(BaseModel):
+    """What /healthz tells anyone: up (the receiver keeps alerts, spooling them while Prefect is away) or down
+    (it cannot: its own file cannot be read)."""
+
+    status: Literal["up", "down"]
+
+
+class Health(HealthStatus):
+    """What /healthz tells a caller with the report's credentials."""
+
     signing: Literal["required", "disabled"]
     warning: str | None = None
     spool_depth: int

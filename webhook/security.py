@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
+from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +30,8 @@ ALWAYS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+#: Added to every answer when the receiver's public URL is https: browsers then never use plain http for it.
+HSTS = ("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
 
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 _INLINE_STYLE = re.compile(r"<style>(.*?)</style>", re.S)
@@ -60,10 +64,11 @@ def docs_policy(html: str) -> str:
 
 
 class SecurityHeaders:
-    """ASGI middleware: adds `ALWAYS` to every HTTP answer that does not set its own value."""
+    """ASGI middleware: adds `ALWAYS` (and HSTS, when `https`) to every HTTP answer that does not set its own."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, https: bool = False) -> None:
         self.app = app
+        self.headers = (ALWAYS | dict([HSTS])) if https else ALWAYS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,8 +78,62 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                for name, value in ALWAYS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimit:
+    """ASGI middleware: every request body is read here, at most `limit_for(path)` bytes, before any route sees it.
+
+    A declared Content-Length over the limit is answered 413 without reading a byte; a body sent without one
+    (chunked) is counted as it streams and answered 413 as soon as it passes the limit. The route then gets the
+    body from memory, so no route reads (or authenticates) more than its limit, and an attacker's megabytes are
+    never held: the server stops reading them.
+    """
+
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(send, f"body is {int(declared)} bytes; the limit is {limit}")
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._too_large(send, f"body exceeds the {limit}-byte limit")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, delivered = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if delivered:  # the body was given: what comes next is the disconnect, when the client goes
+                return await receive()
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(send: Send, detail: str) -> None:
+        answer = json.dumps({"error": "body_too_large", "field": "body", "detail": detail, "errors": []}).encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": answer})

@@ -19,8 +19,12 @@ MIN_REPORT_TOKEN = 16
 MIN_REPORT_PASSWORD = 12
 #: Schemes an SNS certificate or SubscribeURL may use (http: tests and development only).
 UrlScheme = Literal["https", "http"]
-#: The hosts of Amazon SNS (sns.<region>.amazonaws.com, and .com.cn in China) that serve signing certificates.
-SNS_HOST_PATTERN = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+#: The hosts of Amazon SNS that serve signing certificates: sns.<region>.amazonaws.com, and
+#: sns.cn-<area>-<n>.amazonaws.com.cn in China; the region label must look like a region, so an S3 bucket host
+#: (sns.s3.amazonaws.com, anyone's bucket) does not match.
+SNS_HOST_PATTERN = r"^(sns\.[a-z]{2}(-gov)?-[a-z]+-\d\.amazonaws\.com|sns\.cn-[a-z]+-\d\.amazonaws\.com\.cn)$"
+#: The most of a body read on a route that takes none, or only a one-click unsubscribe form (27 bytes).
+MAX_OTHER_BODY_BYTES = 4096
 
 
 def _https_only() -> list[UrlScheme]:
@@ -64,7 +68,7 @@ class ReceiverSettings(AlertIntakeSettings, ReceiverFiles):
         default=2.0, gt=0, description="How often the dispatcher retries the spool while the API is down."
     )
     replay_concurrency: int = Field(default=8, ge=1, description="Accounts replayed from the spool in parallel.")
-    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    max_body_bytes: int = Field(default=64 * 1024, gt=0, description="Largest alert body read (POST /alerts).")
     report_token: SecretStr | None = Field(
         default=None, description=f"Bearer token of GET /report (at least {MIN_REPORT_TOKEN} characters)."
     )
@@ -79,13 +83,34 @@ class ReceiverSettings(AlertIntakeSettings, ReceiverFiles):
     )
     sns_cert_host_pattern: str = Field(
         default=SNS_HOST_PATTERN,
-        description="Hosts (a regular expression matching the whole host) that an SNS signing certificate and a"
-        " SubscribeURL may be fetched from.",
+        description="Tests only (refused in production when changed): hosts (a regular expression matching the"
+        " whole host) that an SNS signing certificate and a SubscribeURL may be fetched from.",
     )
     sns_url_schemes: Annotated[list[UrlScheme], NoDecode] = Field(
         default_factory=_https_only,
-        description="Schemes of those URLs (comma-separated); http is for tests and refused in production.",
+        description="Tests only: schemes of those URLs (comma-separated); http (on any port) is for tests and"
+        " refused in production.",
     )
+    sns_trust_store: Path | None = Field(
+        default=None,
+        description="Tests only (refused in production): a PEM file of the CAs an SNS signing certificate must"
+        " chain to; default: the system trust store (ssl.get_default_verify_paths()).",
+    )
+    sns_allow_signature_v1: bool = Field(
+        default=False,
+        description="Accept SNS SignatureVersion 1 (RSA with SHA1) as well as 2 (SHA256); off: set the"
+        " subscription's SignatureVersion to 2 in SNS.",
+    )
+    inbound_s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="S3 buckets (comma-separated) an SES receipt may say an inbound email was stored in; empty:"
+        " a notification of an S3 action is refused.",
+    )
+    report_login_failures: int = Field(
+        default=5, ge=1, description="Failed logins (report credentials) a client may make per"
+        " report_login_window_s before it is answered 429."
+    )
+    report_login_window_s: float = Field(default=300.0, gt=0, description="The window of report_login_failures.")
     sns_max_age_s: float = Field(default=3600.0, gt=0, description="SNS messages older than this are refused.")
     sns_clock_skew_s: float = Field(
         default=300.0, ge=0, description="SNS messages dated further in the future than this are refused."
@@ -97,7 +122,7 @@ class ReceiverSettings(AlertIntakeSettings, ReceiverFiles):
         default=256 * 1024, gt=0, description="Largest SNS message read (SES puts emails up to 150 KB inline)."
     )
 
-    @field_validator("sns_topic_arns", "sns_url_schemes", mode="before")
+    @field_validator("sns_topic_arns", "sns_url_schemes", "inbound_s3_buckets", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -133,7 +158,19 @@ class ReceiverSettings(AlertIntakeSettings, ReceiverFiles):
             raise ValueError("UPSELL_SNS_URL_SCHEMES must be https when UPSELL_ENVIRONMENT=production")
         if not self.sns_url_schemes:
             raise ValueError("UPSELL_SNS_URL_SCHEMES must name at least one scheme")
+        if self.environment == "production" and self.sns_cert_host_pattern != SNS_HOST_PATTERN:
+            raise ValueError("UPSELL_SNS_CERT_HOST_PATTERN is for tests: unset it when UPSELL_ENVIRONMENT=production")
+        if self.environment == "production" and self.sns_trust_store is not None:
+            raise ValueError("UPSELL_SNS_TRUST_STORE is for tests: unset it when UPSELL_ENVIRONMENT=production")
         return self
+
+    def body_limit(self, path: str) -> int:
+        """The most of a request body read on `path` (larger: 413 before the route runs)."""
+        if path == "/alerts":
+            return self.max_body_bytes
+        if path == "/inbound/ses":
+            return self.sns_max_body_bytes
+        return MAX_OTHER_BODY_BYTES
 
     @property
     def report_enabled(self) -> bool:
