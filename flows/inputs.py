@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from copy import copy
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
 
@@ -31,6 +32,7 @@ from flows.models import (
     WaitKind,
 )
 from tasks.content.email import with_message
+from tasks.runtime.waits import WaitDeadline, deadline_key
 
 R = TypeVar("R", bound=RunInput)
 
@@ -77,26 +79,59 @@ def wait_for_input(request: WaitRequest[R], grace_s: float, poll_s: int) -> R:
 
     Prefect's own timeout is the deadline plus a grace period: the `reply-timeouts` sweep closes expired
     waits first, so that an unanswered wait ends the run Completed rather than Failed.
+
+    Only a stored answer ends a wait. A run rescheduled while it waited (its process died, the recovery sweep ran
+    it again) finds the wait's key used but no answer: it suspends again at the same wait, under the same key
+    (so every answering side, reading the key from the run's state, answers it as before), until the deadline
+    recorded when the wait opened.
     """
     form = answer_form(request)
-    safety_timeout = int(request.timeout_s + grace_s)
     context = FlowRunContext.get()
     if context is None or context.flow_run is None or context.flow_run.deployment_id is None:
-        return pause_flow_run(wait_for_input=form, timeout=safety_timeout, poll_interval=poll_s, key=request.kind)
-    if already_answered(context.flow_run.id, request.kind):
+        timeout = int(request.timeout_s + grace_s)
+        return pause_flow_run(wait_for_input=form, timeout=timeout, poll_interval=poll_s, key=request.kind)
+    run_id = context.flow_run.id
+    answer = already_answered(run_id, request.kind)
+    if answer is not None:
         # A resumed run replays the flow up to here: Prefect would log "Suspending flow run" again before it
         # finds the wait answered; the answer is read directly instead (what Prefect returns in that case).
-        keyset = keyset_from_paused_state(Suspended(pause_key=request.kind))
-        return form.model_validate(read_flow_run_input(keyset["response"], flow_run_id=context.flow_run.id) or {})
-    return suspend_flow_run(wait_for_input=form, timeout=safety_timeout, key=request.kind)
+        return form.model_validate(answer)
+    reopen_wait(run_id, request.kind)
+    return suspend_flow_run(wait_for_input=form, timeout=remaining_s(run_id, request, grace_s), key=request.kind)
 
 
-def already_answered(flow_run_id: UUID, kind: str) -> bool:
-    """Whether this wait of the run was suspended and resumed in an earlier segment: Prefect keeps the key of
-    each wait that fired (it refuses to suspend under it again) until the run starts over."""
+def already_answered(flow_run_id: UUID, kind: str) -> dict[str, Any] | None:
+    """The answer stored for this wait of the run, or None when nobody answered it.
+
+    A used pause key is not an answer: Prefect keeps the key of every wait that suspended until the run starts
+    over, also when the run was rescheduled while it waited (no answer stored). An empty answer (`{}`, what the
+    `reply-timeouts` sweep sends for `no_reply`) is an answer."""
+    keyset = keyset_from_paused_state(Suspended(pause_key=kind))
+    stored = read_flow_run_input(keyset["response"], flow_run_id=flow_run_id)
+    return None if stored is None else cast("dict[str, Any]", stored)
+
+
+def reopen_wait(flow_run_id: UUID, kind: str) -> None:
+    """Let the run suspend again under the key of a wait it suspended at before without being answered.
+
+    Prefect refuses a second suspension under a key the run used (`pause_keys` of its policy) and would return
+    an answer that does not exist: the key is taken out of the run's policy, the rest of it kept."""
     with get_client(sync_client=True) as client:
         policy = client.read_flow_run(flow_run_id).empirical_policy
-    return kind in (policy.pause_keys or set())
+        if kind not in (policy.pause_keys or set()):
+            return
+        kept = policy.model_copy(update={"pause_keys": set(policy.pause_keys or set()) - {kind}})
+        client.update_flow_run(flow_run_id, empirical_policy=kept)
+
+
+def remaining_s(flow_run_id: UUID, request: WaitRequest[Any], grace_s: float) -> int:
+    """Prefect's timeout for the wait: the time left until the deadline recorded when the wait opened (a run
+    that suspends again keeps it; none recorded: the whole timeout), plus the grace period."""
+    stored = read_flow_run_input(deadline_key(request.kind), flow_run_id=flow_run_id)
+    left = request.timeout_s
+    if stored is not None:
+        left = (WaitDeadline.model_validate(stored).deadline - datetime.now(UTC)).total_seconds()
+    return max(int(max(left, 0.0) + grace_s), 1)
 
 
 def email_approval(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> WaitRequest[EmailApproval]:

@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +22,9 @@ from flows.models import AutomationLevel, UsageAlert
 from flows.recovery import upsell_recovery
 from flows.upsell import upsell
 from tasks.recover_runs import RECOVERY_KEY, recovery_attempts
-from tests.support import read_run, resume, wait_until_final, wait_until_paused
+from tasks.runtime.settings import UpsellSettings
+from tasks.runtime.waits import deadline_key
+from tests.support import read_run, resume, task_runs, wait_until_final, wait_until_paused
 
 UNSERVED = "upsell/recovery-bounded"  # nobody serves it: its rescheduled runs stay Scheduled
 
@@ -47,8 +49,9 @@ def _create(deployment: str, alert: UsageAlert, state: State[Any]) -> UUID:
     return asyncio.run(go())
 
 
-def _emails(runner: Any, alert: UsageAlert) -> list:
-    return list((runner.data_dir / "outbox").glob(f"{alert.event_id}*.eml"))
+def _email_sends(run_id: UUID) -> int:
+    """How many times the run's email step ran (over all its segments)."""
+    return sum(1 for t in task_runs(run_id) if t.name.startswith("send_email_draft"))
 
 
 @pytest.mark.parametrize("left", [Running, Pending], ids=["running-without-heartbeat", "stuck-pending"])
@@ -66,7 +69,7 @@ def test_a_run_whose_process_died_is_run_again_and_finishes_once(runner: Any, le
     resume(run_id, "reply", {"reply": "no"})
     final = wait_until_final(run_id, timeout_s=60)
     assert final.state is not None and final.state.is_completed()
-    assert len(_emails(runner, alert)) == 1
+    assert _email_sends(run_id) == 1  # its email was sent once over both runs of it
     assert upsell_recovery(stale_after_s=1.0, flow_run_ids=[run_id]) == {}  # a finished run is left alone
 
 
@@ -181,3 +184,52 @@ def test_upsell_runs_tells_a_dead_run_from_a_live_one_and_recover_takes_one_id(p
     assert refused.exit_code != 0 and "is not a flow run id" in refused.output
     recovered = CliRunner().invoke(app, ["recover", str(dead)])
     assert recovered.exit_code == 0 and f"{dead}  rescheduled" in recovered.output, recovered.output
+
+
+def _paused_again(run_id: UUID, key: str, after: datetime, timeout_s: float = 90) -> Any:
+    """The run once it waits for `key` in a state set after `after` (a new wait, not the one it was in)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = read_run(run_id)
+        state = run.state
+        if state and state.is_paused() and state.state_details.pause_key == key and state.timestamp > after:
+            return run
+        assert not (state and state.is_completed()), f"run ended {state.name} ({state.message}) instead of waiting"
+        time.sleep(0.3)
+    raise TimeoutError(f"run {run_id} did not wait for {key} again (state {run.state and run.state.name})")
+
+
+def test_a_run_crashed_while_waiting_waits_again_until_answered(runner: Any) -> None:
+    """Issue 30: a run crashed while suspended at its reply wait, then recovered, suspends again at the same wait
+    with the same deadline (a used pause key is not an answer); the customer's yes then wins it."""
+    alert = _alert()
+
+    async def trigger() -> UUID:
+        async with get_client() as client:
+            run = await create_upsell_run(client, alert, AutomationLevel.FULL_AUTOMATION, reply_timeout_s=900)
+            return run.id
+
+    run_id = asyncio.run(trigger())
+    first = wait_until_paused(run_id, "reply", timeout_s=90)
+    with get_client(sync_client=True) as client:
+        recorded = json.loads(client.read_flow_run_input(run_id, deadline_key("reply")))
+        # what the zombie automation did to such runs ("No heartbeat or state change for 90 s")
+        client.set_flow_run_state(run_id, Crashed(message="No heartbeat or state change for 90 s"), force=True)
+    crashed_at = read_run(run_id).state.timestamp  # type: ignore[union-attr]
+
+    assert upsell_recovery(backoff_s=0, flow_run_ids=[run_id]) == {str(run_id): "rescheduled"}
+    again = _paused_again(run_id, "reply", after=crashed_at)
+
+    with get_client(sync_client=True) as client:
+        assert json.loads(client.read_flow_run_input(run_id, deadline_key("reply"))) == recorded  # same deadline
+    deadline = datetime.fromisoformat(recorded["deadline"])
+    for state in (first.state, again.state):  # Prefect's own timeout: that deadline plus the grace period, both times
+        assert state.state_details.pause_timeout is not None
+        off = state.state_details.pause_timeout - (deadline + timedelta(seconds=UpsellSettings().wait_grace_s))
+        assert abs(off.total_seconds()) < 3, off
+    assert again.state.state_details.run_input_keyset == first.state.state_details.run_input_keyset  # same key
+
+    resume(run_id, "reply", {"reply": "yes"})  # the API the CLI and the receiver answer through
+    final = wait_until_final(run_id, timeout_s=90)
+    assert final.state is not None and final.state.is_completed() and final.state.name == "Won", final.state
+    assert _email_sends(run_id) == 1  # the rerun did not send the email again
