@@ -177,18 +177,34 @@ def customer_reply(
     )
 
 
-def reply_reading(text: str, plan: UpsellPlan, timeout_s: float) -> WaitRequest[ReplyReading]:
-    """A person reads an emailed reply the classifier could not call (the customer's words are data: quoted as a
-    block in the form's description, never markup)."""
+def reply_reading(
+    text: str, plan: UpsellPlan, timeout_s: float, *, sender: str = "", why: str = ""
+) -> WaitRequest[ReplyReading]:
+    """A person reads an emailed reply the classifier could not call, or one we cannot tell the customer wrote
+    (`why`, from `sender`). The email's words and sender are data: quoted as inert markdown, never markup."""
     quoted = "\n".join(f"> {line}" if line.strip() else ">" for line in _plain(text).splitlines()) or "> (empty)"
+    if why:
+        lead = (
+            f"An email answered the upsell email recommending **{plan.recommended_plan}**, but it was **not applied**"
+            f" as the customer's answer: {_plain(why)}. It was sent by `{_code(sender or 'an unknown sender')}`."
+            " Decide only if you know the customer's answer (for example, you asked them)."
+        )
+    else:
+        lead = (
+            f"The customer answered the email recommending **{plan.recommended_plan}**, but whether it means yes,"
+            " no or maybe could not be told."
+        )
     return WaitRequest(
         "read-reply",
         ReplyReading,
         timeout_s,
-        f"The customer answered the email recommending **{plan.recommended_plan}**, but whether it means yes, no or"
-        f" maybe could not be told. Their words (quotes and signature removed):\n\n{quoted}\n\n"
-        "Choose what it means.",
+        f"{lead} The words of the email (quotes and signature removed):\n\n{quoted}\n\nChoose what it means.",
     )
+
+
+def _code(text: str) -> str:
+    """Text for an inline code span: no backtick or line break can end it."""
+    return " ".join(text.replace("`", "'").split())[:320]
 
 
 def _plain(text: str) -> str:

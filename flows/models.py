@@ -419,20 +419,30 @@ class CustomerReplyInput(RunInput):
         default="", max_length=4000, title="Their words",
         description="Optional: what the customer wrote, when they answered by email.",
     )  # fmt: skip
-    delivery: Literal["answered", "unclear", "bounced", "complained"] = Field(
+    delivery: Literal["answered", "unclear", "unverified", "bounced", "complained"] = Field(
         default="answered",
         title="How the email went",
-        description="answered: the reply above. unclear: a person reads their email and decides. bounced or"
+        description="answered: the reply above. unclear: a person reads their email and decides. unverified: an"
+        " email to the run's reply address that we cannot tell the customer wrote; a person reads it. bounced or"
         " complained (marked as spam): the upsell ends and the address gets no more email.",
     )
+    sender: str = Field(
+        default="", max_length=320, title="Sent by",
+        description="Optional: who sent an unverified email (set by the receiver).",
+    )  # fmt: skip
+    why: str = Field(
+        default="", max_length=300, title="Why it was not applied",
+        description="Optional: why an emailed reply could not be taken as the customer's answer (set by the receiver).",
+    )  # fmt: skip
 
     @model_serializer(mode="wrap")
     def _no_reply_as_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         if self.reply is CustomerReply.NO_REPLY:
             data.pop("reply", None)
-        if not self.text:
-            data.pop("text", None)
+        for optional in ("text", "sender", "why"):
+            if not data.get(optional):
+                data.pop(optional, None)
         if self.delivery == "answered":
             data.pop("delivery", None)
         return data

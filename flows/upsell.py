@@ -726,12 +726,14 @@ def wait_for_reply(
 
 
 def read_reply(run: UpsellRun, plan: UpsellPlan, answer: CustomerReplyInput) -> CustomerReply:
-    """The customer's reply; an emailed reply the classifier could not call is read by a person (a typed form
-    showing the customer's words), never guessed. The words are recorded on the opportunity."""
+    """The customer's reply; an emailed reply the classifier could not call, or that we cannot tell the customer
+    wrote, is read by a person (a typed form showing the words, and the sender and reason when unverified), never
+    guessed or applied. The words are recorded on the opportunity."""
     run.reply_text = answer.text
-    if answer.delivery != "unclear":
+    if answer.delivery not in ("unclear", "unverified"):
         return answer.reply
-    return run.decide(inputs.reply_reading(answer.text, plan, run.approval_timeout_s), plan).reply
+    reading = inputs.reply_reading(answer.text, plan, run.approval_timeout_s, sender=answer.sender, why=answer.why)
+    return run.decide(reading, plan).reply
 
 
 def book_meeting(run: UpsellRun, contract: ContractData, plan: UpsellPlan) -> Meeting | None:

@@ -20,7 +20,7 @@ from tasks.content.email import (
     message_id_for,
 )
 from tasks.content.outgoing import allowed_links, email_problems
-from tasks.runtime.links import LinkToken, link_for, reply_address
+from tasks.runtime.links import LinkToken, keyed_id, link_for, reply_address
 from tasks.runtime.once import run_once
 from tasks.runtime.policy import SEND_STEP, step_options
 from tasks.runtime.settings import get_settings
@@ -83,7 +83,8 @@ def draft_email(
     )
     if not settings.reply_domain or not run_id:
         return draft
-    return draft.model_copy(update={"reply_to": reply_address(run_id, secret, settings.reply_domain)})
+    address = reply_address(run_id, contract.contact_email, secret, settings.reply_domain)
+    return draft.model_copy(update={"reply_to": address})
 
 
 def draft_follow_up(alert: UsageAlert, contract: ContractData, first: EmailDraft) -> EmailDraft:
@@ -113,14 +114,21 @@ def send_follow_up(alert: UsageAlert, draft: EmailDraft, first_provider_id: str 
     return _send_once(alert, draft, FOLLOW_UP_STEP, "follow-up", first_provider_id)
 
 
-def _thread(alert: UsageAlert, sender: EmailSender, first_provider_id: str | None) -> tuple[str, list[str]]:
+def _thread(
+    alert: UsageAlert, sender: EmailSender, first_provider_id: str | None, secret: str
+) -> tuple[str, list[str]]:
     """In-Reply-To and References of a reply to the event's first email: the id the customer's copy carries
     (SES's, when SES sent it) and every id that email is known by."""
-    ours = message_id_for(alert.event_id, "offer", sender.from_address)
+    ours = message_id_for(alert.event_id, "offer", sender.from_address, secret)
     seen = ours
     if first_provider_id and isinstance(sender, SesEmailClient):
         seen = sender.header_message_id(first_provider_id)
     return seen, [ours, seen]
+
+
+def idempotency_key(event_id: str, kind: EmailKind, secret: str) -> str:
+    """The key an email is sent once under (the SES header, the outbox file): keyed, so it shows no event id."""
+    return f"upsell-{keyed_id(secret, 'idempotency', f'{kind}:{event_id}')}"
 
 
 def _send_once(
@@ -141,16 +149,19 @@ def _send_once(
             return EmailResult(status="suppressed", detail="contact unsubscribed")
         sender = resolve("email", settings).client
         provider = type(sender).__name__
-        in_reply_to, references = _thread(alert, sender, first_provider_id) if kind == "follow-up" else (None, [])
+        secret = settings.link_secret.get_secret_value()
+        in_reply_to, references = (
+            _thread(alert, sender, first_provider_id, secret) if kind == "follow-up" else (None, [])
+        )
         message = build_message(
             draft,
             from_address=sender.from_address,
             from_name=sender.from_name,
-            message_id=message_id_for(alert.event_id, kind, sender.from_address),
+            message_id=message_id_for(alert.event_id, kind, sender.from_address, secret),
             in_reply_to=in_reply_to,
             references=references,
         )
-        key = f"{alert.event_id}-{'email' if kind == 'offer' else kind}"
+        key = idempotency_key(alert.event_id, kind, secret)
         done = run_once(store, alert.event_id, step, lambda: {"message_id": sender.send(message, idempotency_key=key)})
     finally:
         store.close()

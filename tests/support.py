@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -113,3 +114,13 @@ def run_answering_reply(alert: Any, reply: str = "no") -> Any:
         wait_until_paused(run_id, "reply")
         resume(run_id, "reply", {"reply": reply})
         return future.result(timeout=60)
+
+
+def outbox_email(outbox: Path, event_id: str, kind: str = "offer") -> Path:
+    """The file the local outbox keeps the event's email of `kind` in: named by its keyed idempotency key, which
+    the session's link secret (the same in every process of the suite) derives."""
+    from tasks.runtime.settings import get_settings
+    from tasks.send_email_draft import idempotency_key
+
+    secret = get_settings().link_secret.get_secret_value()
+    return outbox / f"{idempotency_key(event_id, kind, secret)}.eml"  # type: ignore[arg-type]

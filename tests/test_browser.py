@@ -45,7 +45,7 @@ from tests.browser import (  # noqa: F401  (the fixtures `browser` and `page`)
     screenshot,
 )
 from tests.conftest import REPO, Runner
-from tests.support import read_run, wait_until_final, wait_until_paused
+from tests.support import outbox_email, read_run, wait_until_final, wait_until_paused
 from tests.test_webhook_support import SECRET, alert, post_alert
 from webhook.ports import free_port
 from webhook.serve import ReceiverThread
@@ -76,7 +76,7 @@ def receiver(browser: Browser, runner: Runner, prefect_server: str,
 
 
 def _emailed(outbox: Path, event_id: str) -> EmailMessage:
-    with (outbox / f"{event_id}-email.eml").open("rb") as handle:
+    with outbox_email(outbox, event_id).open("rb") as handle:
         return BytesParser(policy=policy.default).parse(handle)  # type: ignore[return-value]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from email import policy
@@ -33,6 +34,7 @@ from tasks.send_email_draft import (
     send_follow_up,
 )
 from tests.fakes.ses import parse_raw, sent_raw_messages
+from tests.support import outbox_email
 
 REGION = "us-east-1"
 LOCAL_FROM = "upsell@localhost"  # the outbox stand-in's From
@@ -139,13 +141,14 @@ def test_the_bundled_templates_are_listed_and_each_renders_a_clean_email() -> No
         _draft(alert, template="follow_up_message")  # a bundled file, but not a choice of the playbook
 
 
-def test_the_message_id_is_fixed_per_event_and_kind() -> None:
-    offer = message_id_for("evt.1:a", "offer", "upsell@sales.example")
-    assert offer == "<upsell.evt_2e1_3aa.offer@sales.example>"
-    assert message_id_for("evt.1:a", "follow-up", "upsell@sales.example") == (
-        "<upsell.evt_2e1_3aa.follow-up@sales.example>"
-    )
-    assert message_id_for("a.b", "offer", LOCAL_FROM) != message_id_for("a_2eb", "offer", LOCAL_FROM)  # one-to-one
+def test_the_message_id_is_fixed_per_event_and_kind_and_shows_no_event_id() -> None:
+    secret = "a-link-secret-of-the-test-0123456789abcdef"
+    offer = message_id_for("evt-2024-0002", "offer", "upsell@sales.example", secret)
+    assert offer == message_id_for("evt-2024-0002", "offer", "upsell@sales.example", secret)  # fixed per event
+    assert re.fullmatch(r"<[a-z2-7]{26}@sales\.example>", offer) and "2024" not in offer and "0002" not in offer
+    others = {message_id_for(e, k, "upsell@sales.example", s) for e in ("evt-2024-0002", "evt-2024-0003")
+              for k in ("offer", "follow-up") for s in (secret, secret + "x")}  # fmt: skip
+    assert len(others) == 8  # another event, kind or secret: another id, none predictable from this one
     draft = _draft(_alert())
     built = [build_message(draft, from_address=LOCAL_FROM, message_id=offer) for _ in range(2)]
     assert built[0]["Message-ID"] == built[1]["Message-ID"] == offer  # a retry builds the same message
@@ -168,12 +171,13 @@ def test_the_follow_up_answers_the_first_email_in_its_thread_and_goes_once(data_
     assert [r.status for r in results] == ["sent", "already_sent"]
     outbox = OutboxEmailSender(data_dir / "outbox")
     assert len(list(outbox.outbox.glob("*.eml"))) == 2  # the offer and one follow-up
-    offer = _read(outbox.path_for(f"{alert.event_id}-email"))
-    reply = _read(outbox.path_for(f"{alert.event_id}-follow-up"))
-    offer_id = message_id_for(alert.event_id, "offer", LOCAL_FROM)
+    offer = _read(outbox_email(outbox.outbox, alert.event_id))
+    reply = _read(outbox_email(outbox.outbox, alert.event_id, "follow-up"))
+    secret = get_settings().link_secret.get_secret_value()
+    offer_id = message_id_for(alert.event_id, "offer", LOCAL_FROM, secret)
     assert offer["Message-ID"] == sent.message_id == offer_id
     assert reply["Message-ID"] == results[0].message_id == results[1].message_id
-    assert reply["Message-ID"] == message_id_for(alert.event_id, "follow-up", LOCAL_FROM)
+    assert reply["Message-ID"] == message_id_for(alert.event_id, "follow-up", LOCAL_FROM, secret)
     assert reply["In-Reply-To"] == reply["References"] == offer_id
     assert reply["Subject"] == follow_up.subject and reply["To"] == first.to
     assert reply["List-Unsubscribe"] == f"<{first.unsubscribe_url}>"
@@ -193,7 +197,7 @@ def test_an_unsubscribed_contact_gets_no_follow_up(data_dir: Path) -> None:
     result = _send_follow_up(alert, draft_follow_up(alert, contract, first), None)
 
     assert result.status == "suppressed"
-    assert not OutboxEmailSender(data_dir / "outbox").path_for(f"{alert.event_id}-follow-up").exists()
+    assert not outbox_email(data_dir / "outbox", alert.event_id, "follow-up").exists()
     assert _record(data_dir, alert.event_id, FOLLOW_UP_STEP) is None
 
 
@@ -244,11 +248,12 @@ def test_through_ses_the_follow_up_names_the_id_ses_gave_the_first_email(
     raws = [m for m in sent_raw_messages(moto_url) if recipient in m["destinations"]]
     assert [m["id"] for m in raws] == [sent.message_id, results[0].message_id]  # one follow-up, after the offer
     reply = parse_raw(raws[1]["raw_data"])
-    ours = message_id_for(alert.event_id, "offer", ses_sender.from_address)
+    secret = get_settings().link_secret.get_secret_value()
+    ours = message_id_for(alert.event_id, "offer", ses_sender.from_address, secret)
     seen = f"<{sent.message_id}@email.amazonses.com>"  # SES replaces our Message-ID with this one
     assert reply["In-Reply-To"] == seen
     assert reply["References"] == f"{ours} {seen}"
-    assert reply["Message-ID"] == message_id_for(alert.event_id, "follow-up", ses_sender.from_address)
+    assert reply["Message-ID"] == message_id_for(alert.event_id, "follow-up", ses_sender.from_address, secret)
     assert reply["Subject"] == f"Re: {first.subject}"
     record = _record(data_dir, alert.event_id, EMAIL_STEP)
     assert record is not None and record["result"] == {"message_id": sent.message_id}

@@ -51,7 +51,7 @@ from tests.fakes.server import serve_in_thread
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.usage_api import UsageApiState, create_app
 from tests.hostile_corpus import CORPUS
-from tests.support import find_run_id, read_run, resume, saved_blocks, wait_until_paused
+from tests.support import find_run_id, outbox_email, read_run, resume, saved_blocks, wait_until_paused
 
 TOKEN = "usage-token-hostile"
 GROUP = 6  # corpus strings per upsell run
@@ -215,7 +215,7 @@ def test_hostile_corpus_never_reaches_an_outgoing_message(
                 problems.append(f"not sent: {outcome.status} / {outcome.email_status} ({outcome.reviewer_note})")
             problems += text_failures("planner reason", outcome.planner_reason, (), multiline=False)
             sent += outcome.email_status == "sent"
-        eml = data_dir / "outbox" / f"{alert.event_id}-email.eml"
+        eml = outbox_email(data_dir / "outbox", alert.event_id)
         problems += email_failures(eml.read_bytes() if eml.exists() else None, recipient)
         slack = [m for m in fakes.slack.messages if account in m.get("text", "")]
         problems += slack_failures(slack[0] if len(slack) == 1 else None, ui_base)
@@ -257,7 +257,7 @@ def _clean_account(fakes: Fakes, **contract: Any) -> tuple[UsageAlert, str]:
 
 
 def _nothing_sent(fakes: Fakes, data_dir: Path, alert: UsageAlert) -> bool:
-    eml = data_dir / "outbox" / f"{alert.event_id}-email.eml"
+    eml = outbox_email(data_dir / "outbox", alert.event_id)
     return not eml.exists() and not [m for m in fakes.slack.messages if alert.account_id in m.get("text", "")]
 
 
@@ -308,7 +308,7 @@ def test_a_reviewer_edit_with_a_foreign_link_is_withheld_and_goes_to_review(fake
 
     assert (outcome.status, outcome.email_status, outcome.email_sent) == (UpsellStatus.NEEDS_REVIEW, "blocked", False)
     assert outcome.reviewer_note.startswith("email withheld by the safety check: text part: a link")
-    assert not (data_dir / "outbox" / f"{alert.event_id}-email.eml").exists()
+    assert not (outbox_email(data_dir / "outbox", alert.event_id)).exists()
     # the reviewer was told the email waited for approval, then the summary says it was withheld
     notice, summary = [m for m in fakes.slack.messages if alert.account_id in m.get("text", "")]
     assert notice["text"].startswith("Decision needed") and "attacker" not in str(notice)

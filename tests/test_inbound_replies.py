@@ -2,7 +2,11 @@
 and the SES notification (signed by a test certificate the fake SNS serves) reaches the receiver, which resumes
 the run. Also: an unclear reply goes to a person, an automatic reply and a forged address change nothing, a hard
 bounce ends the upsell and suppresses the address, a soft bounce is only recorded, and an email stored in S3
-(moto) is read from there."""
+(moto) is read from there.
+
+Only the customer answers for the customer: an email that names the run by its thread only, by a guessed id, or
+reaches the signed address from anyone but the contact or without SES's word for the sender's domain is never
+applied as an answer (it changes nothing, or waits for a person with the reason and the sender)."""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from tests.fakes.sns import (
     raw_email,
     ses_bounce,
     ses_complaint,
+    ses_mail,
     ses_received,
     ses_received_in_s3,
     sns_notification,
@@ -41,6 +46,20 @@ from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
 
 REPLY_DOMAIN = "replies.example.com"
+#: The contact of account 12345 in the stand-in CRM (blocks/fixtures/accounts.json), and their domain.
+CONTACT = "dana.whitfield@acme-trading.example.com"
+CONTACT_DOMAIN = "acme-trading.example.com"
+
+
+def customer_email(**fields: Any) -> bytes:
+    """An email from the contact, DKIM-signed by their domain (SES's verdicts say whether the signature held)."""
+    return raw_email(**{"sender": f"Dana Whitfield <{CONTACT}>", "dkim_domain": CONTACT_DOMAIN, **fields})
+
+
+def from_contact(email_bytes: bytes, reply_to: str, **fields: Any) -> dict[str, Any]:
+    """The SES "Received" event of an email delivered to `reply_to`, its envelope sender the contact."""
+    return ses_received(email_bytes, recipients=[reply_to], mail=ses_mail(source=CONTACT, destination=[reply_to]),
+                        **fields)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +131,9 @@ def test_an_emailed_yes_resumes_the_run_and_its_words_are_recorded(inbound: Inbo
         offer = sent_email(data_dir)
         reply_to = str(offer["Reply-To"])
         assert reply_to.startswith("upsell+") and reply_to.endswith(f"@{REPLY_DOMAIN}")
-        answer = raw_email(to=reply_to, text="Sounds good, can we talk Tuesday?" + GMAIL_QUOTE,
-                           in_reply_to=str(offer["Message-ID"]))
-        row = inbound.status(inbound.post(ses_received(answer, encoding="BASE64", recipients=[reply_to])))
+        answer = customer_email(to=reply_to, text="Sounds good, can we talk Tuesday?" + GMAIL_QUOTE,
+                                in_reply_to=str(offer["Message-ID"]))
+        row = inbound.status(inbound.post(from_contact(answer, reply_to, encoding="BASE64")))
         assert row["status"] == "resumed" and row["flow_run_id"] == run_id, row
         result = outcome.result(timeout=60)
     assert result.reply is CustomerReply.YES
@@ -126,19 +145,20 @@ def test_an_unclear_reply_waits_for_a_person_and_noise_changes_nothing(inbound: 
                                                                        event_id: str) -> None:
     with waiting_run(event_id) as (outcome, run_id):
         reply_to = str(sent_email(data_dir)["Reply-To"])
-        out_of_office = raw_email(to=reply_to, subject="Automatic reply: A plan for your growth",
-                                  text="I am out of the office until Monday.")
+        out_of_office = customer_email(to=reply_to, subject="Automatic reply: A plan for your growth",
+                                       text="I am out of the office until Monday.")
         out_of_office = b"Auto-Submitted: auto-replied\r\n" + out_of_office
-        ignored = inbound.status(inbound.post(ses_received(out_of_office, recipients=[reply_to])))
+        ignored = inbound.status(inbound.post(from_contact(out_of_office, reply_to)))
         assert ignored["status"] == "auto_reply", ignored
         local, domain = reply_to.split("@")
-        forged = f"{local[:-12]}{'0' * 12}@{domain}"  # the run's address with a signature we did not make
-        stranger = raw_email(to=forged, text="Yes, absolutely.")
-        assert inbound.status(inbound.post(ses_received(stranger, recipients=[forged])))["status"] == "unmatched"
+        forged = f"{local[:-22]}{'a' * 13}{local[-9:]}@{domain}"  # the run's address with a MAC we did not make
+        assert forged != reply_to
+        stranger = customer_email(to=forged, text="Yes, absolutely.")
+        assert inbound.status(inbound.post(from_contact(stranger, forged)))["status"] == "unmatched"
         wait_until_paused(run_id, "reply")  # still waiting: neither was taken for an answer
 
-        unclear = raw_email(to=reply_to, text="Who gave you this address? Call my assistant.", subject="Re: plan")
-        assert inbound.status(inbound.post(ses_received(unclear, recipients=[reply_to])))["status"] == "resumed"
+        unclear = customer_email(to=reply_to, text="Who gave you this address? Call my assistant.", subject="Re: plan")
+        assert inbound.status(inbound.post(from_contact(unclear, reply_to)))["status"] == "resumed"
         wait_until_paused(run_id, "read-reply")  # a person reads it: the form shows the customer's words
         resume(run_id, "read-reply", {"reply": "maybe", "note": "asked for a call later", "reviewer": "Kim"})
         result = outcome.result(timeout=60)
@@ -180,10 +200,91 @@ def test_an_email_stored_in_s3_is_read_from_there(inbound: Inbound, data_dir: Pa
     s3.create_bucket(Bucket=bucket)
     with waiting_run(event_id) as (outcome, run_id):
         reply_to = str(sent_email(data_dir)["Reply-To"])
-        s3.put_object(Bucket=bucket, Key=key, Body=raw_email(to=reply_to, text="No thanks, we are fine."))
+        s3.put_object(Bucket=bucket, Key=key, Body=customer_email(to=reply_to, text="No thanks, we are fine."))
         block = SesEmailSender(region_name="us-east-1", from_address="upsell@example.com", endpoint_url=moto_url,
                                aws_access_key_id="testing", aws_secret_access_key="testing")  # type: ignore[arg-type]
         with saved_blocks({"upsell-ses": block}):  # the receiver reads S3 with the SES block's account
-            row = inbound.status(inbound.post(ses_received_in_s3(bucket, key, recipients=[reply_to])))
+            received = ses_received_in_s3(bucket, key, recipients=[reply_to],
+                                          mail=ses_mail(source=CONTACT, destination=[reply_to]))
+            row = inbound.status(inbound.post(received))
         assert row["status"] == "resumed", row
         assert outcome.result(timeout=60).reply is CustomerReply.NO
+
+
+# ---- only the customer answers for the customer ----
+
+
+def reading_form(run_id: str) -> str:
+    """The description of the run's reply-reading form (what the person deciding reads)."""
+    from prefect.client.orchestration import get_client
+    from prefect.input import keyset_from_paused_state, read_flow_run_input
+
+    run = wait_until_paused(run_id, "read-reply")
+    keyset = keyset_from_paused_state(run.state)  # type: ignore[arg-type]
+    with get_client(sync_client=True):
+        return str(read_flow_run_input(keyset["description"], flow_run_id=run.id))
+
+
+def test_an_email_naming_the_run_by_its_thread_or_a_guessed_id_changes_nothing(
+    inbound: Inbound, data_dir: Path, event_id: str
+) -> None:
+    with waiting_run(event_id) as (outcome, run_id):
+        offer = sent_email(data_dir)
+        reply_to, our_id = str(offer["Reply-To"]), str(offer["Message-ID"])
+        assert event_id not in our_id and run_id.replace("-", "") not in reply_to.lower()  # nothing to predict from
+        attacker = "Mallory <attacker@evil.example>"
+        tries = {
+            "thread id only": raw_email(sender=attacker, to=f"upsell@{REPLY_DOMAIN}", text="Yes, let's talk.",
+                                        in_reply_to=our_id),  # fmt: skip
+            "guessed id": raw_email(sender=attacker, to=f"upsell@{REPLY_DOMAIN}", text="Yes, let's talk.",
+                                    in_reply_to=f"<upsell.{event_id}.offer@x>"),  # fmt: skip
+            "the signed address in To only": customer_email(to=reply_to, text="Yes, let's talk.", in_reply_to=our_id),
+        }
+        for what, forged in tries.items():
+            envelope = [f"upsell@{REPLY_DOMAIN}"]  # what SES delivered it to: not the run's signed address
+            row = inbound.status(inbound.post(ses_received(forged, recipients=envelope)))
+            assert row["status"] == "unmatched" and row["flow_run_id"] is None, (what, row)
+        wait_until_paused(run_id, "reply")  # still waiting for the customer
+        resume(run_id, "reply", {"reply": "no"})
+        assert outcome.result(timeout=60).reply is CustomerReply.NO
+
+
+FORGED = {
+    # a colleague forwards the email (or was in Cc): the copy reaches the signed address, from someone else
+    "forwarded copy": dict(sender=f"Sam Colleague <sam@{CONTACT_DOMAIN}>", source=f"sam@{CONTACT_DOMAIN}",
+                           verdicts={}, why="not the contact"),
+    "wrong sender": dict(sender="Mallory <attacker@evil.example>", source="attacker@evil.example", verdicts={},
+                         dkim="evil.example", why="not the contact"),
+    "spoofed From, SPF and DKIM failed": dict(verdicts={"spf": "FAIL", "dkim": "FAIL"}, why="neither SPF nor DKIM"),
+    "spoofed From, DMARC failed": dict(verdicts={"dmarc": "FAIL"}, why="DMARC failed"),
+    # SPF passes for the attacker's own envelope domain, no DKIM of the contact's domain: nothing vouches for it
+    "spoofed From, SPF of another domain": dict(source="bounce@evil.example", dkim=None,
+                                                verdicts={"dkim": "GRAY", "dmarc": "GRAY"}, why="neither SPF nor DKIM"),
+}
+
+
+@pytest.mark.parametrize("case", FORGED, ids=list(FORGED))
+def test_a_reply_we_cannot_tell_the_customer_wrote_waits_for_a_person(
+    inbound: Inbound, data_dir: Path, event_id: str, case: str
+) -> None:
+    """At FULL_AUTOMATION (severity critical), a "yes" that SES delivered to the run's signed address but that is not
+    verified as the contact's is never applied: the run waits at Reply reading, whose form names the sender and the
+    reason, and the receiver records why. Nothing is booked unless a person decides."""
+    forged: dict[str, Any] = FORGED[case]
+    with waiting_run(event_id) as (outcome, run_id):
+        reply_to = str(sent_email(data_dir)["Reply-To"])
+        sender = forged.get("sender", f"Dana Whitfield <{CONTACT}>")
+        email_bytes = raw_email(sender=sender, to=reply_to, text="Yes, let's talk. Book it.",
+                                dkim_domain=forged.get("dkim", CONTACT_DOMAIN))  # fmt: skip
+        mail = ses_mail(source=forged.get("source", CONTACT), destination=[reply_to])
+        row = inbound.status(inbound.post(ses_received(email_bytes, recipients=[reply_to], mail=mail,
+                                                       verdicts=forged["verdicts"])))  # fmt: skip
+        assert row["status"] == "unverified" and row["flow_run_id"] == run_id, row
+        assert forged["why"] in row["detail"], row
+        form = reading_form(run_id)
+        assert "not applied" in form and forged["why"] in form, form
+        assert sender.split("<")[-1].rstrip(">") in form  # the sender is shown to the person deciding
+        resume(run_id, "read-reply", {"reply": "no", "note": "not from the customer", "reviewer": "Kim"})
+        result = outcome.result(timeout=60)
+    assert result.reply is CustomerReply.NO and result.meeting is None
+    assert not (data_dir / "meetings.jsonl").exists()

@@ -25,6 +25,7 @@ import pytest
 from deployments.serve import STOP_GRACE_S
 from deployments.stack import port_is_free, stop_process
 from tasks.runtime.signing import sign
+from tests.support import outbox_email
 from webhook.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -185,7 +186,7 @@ def upsell_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, d
 
 
 def _email_for(outbox: Path, event_id: str, timeout_s: float = 90) -> EmailMessage:
-    path = outbox / f"{event_id}-email.eml"
+    path = outbox_email(outbox, event_id)
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         assert time.monotonic() < deadline, f"no email for {event_id} in {outbox}"

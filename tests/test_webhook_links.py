@@ -20,7 +20,7 @@ from blocks.mongo import SqliteOpportunityStore
 from blocks.sources import FixtureSource
 from flows.models import UpsellOutcome
 from tasks.runtime.links import LinkToken, sign_token, verify_token
-from tests.support import read_run, wait_until_final, wait_until_paused
+from tests.support import outbox_email, read_run, wait_until_final, wait_until_paused
 from tests.test_webhook_support import SECRET, alert, get_status, post_alert
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
@@ -45,7 +45,7 @@ def _token(settings: ReceiverSettings, run_id: str, wait: str, value: dict, ttl_
 
 
 def _email(runner, event_id: str):
-    with (runner.data_dir / "outbox" / f"{event_id}-email.eml").open("rb") as handle:
+    with outbox_email(runner.data_dir / "outbox", event_id).open("rb") as handle:
         return BytesParser(policy=policy.default).parse(handle)
 
 

@@ -2,9 +2,13 @@
 resumes its run, a bounce or a complaint suppresses the address and ends the upsell waiting for it.
 
 Each notification is recorded (SQLite, like the alert spool) before SNS gets its 202, and worked here, in the
-background, until it is done: while Prefect or the store is away it stays pending and is tried again. A reply is
-matched only by what we signed or sent (the signed Reply-To address, or our Message-ID in In-Reply-To /
-References), never by a guess; one that matches nothing, or whose run is not waiting for an answer, is recorded
+background, until it is done: while Prefect or the store is away it stays pending and is tried again.
+
+A reply names its run only by the signed reply address among SES's envelope recipients (`receipt.recipients`), on
+our reply domain: the To, Cc, In-Reply-To and References headers are the sender's own words and match nothing. It
+is applied as the customer's answer only when its one sender is the contact the address was made for and SES
+vouches for the sender's domain (`unverified_because`); any other email to a signed address waits for a person,
+with the reason and the sender. One that matches nothing, or whose run is not waiting for an answer, is recorded
 with that status and shown by `upsell inbound`.
 """
 
@@ -21,9 +25,8 @@ from typing import Any
 
 from flows.api import NotWaitingError, UpsellRequestError
 from flows.models import REPLY_WAITS
-from tasks.content.email import event_of_message_id
 from tasks.content.replies import InboundReply, parse_reply
-from tasks.runtime.links import run_of_reply_address
+from tasks.runtime.links import SignedReplyAddress, read_reply_address
 from webhook.gateway import PrefectGateway, PrefectUnavailable, resolve_via_api
 from webhook.settings import ReceiverSettings
 from webhook.store import ReceiverStore
@@ -91,7 +94,7 @@ class InboundWorker:
         """One SES event (the notification's Message): a received email, a bounce or a complaint."""
         kind = event.get("notificationType") or event.get("eventType")
         if kind == "Received":
-            return await self.reply(await asyncio.to_thread(self.raw_email, event))
+            return await self.reply(event)
         if kind in ("Bounce", "Complaint"):
             return await self.undeliverable(kind, event)
         return Done("ignored", f"notification type {kind!r}")
@@ -113,19 +116,28 @@ class InboundWorker:
                 raise ValueError(f"content is not base64: {exc}") from None
         return str(content).encode("utf-8", "surrogateescape")
 
-    async def reply(self, raw: bytes) -> Done:
-        """Resume the run the reply answers, with what the reply means (an unclear one: a person reads it)."""
-        reply = parse_reply(raw)
+    async def reply(self, event: dict[str, Any]) -> Done:
+        """Resume the run the reply answers, with what the reply means, when the customer wrote it; anything else
+        that reached a run's signed address goes to a person, with the reason and the sender; the rest changes
+        nothing. Reading and classifying happen off the event loop (an email may be megabytes)."""
+        receipt = event["receipt"]
+        signed = self._signed_address([str(a) for a in receipt.get("recipients", []) or []])
+        if signed is None:  # the envelope names no address of ours: To/Cc/threads are the sender's words
+            return Done("unmatched", "sent to no signed reply address of ours")
+        reply = await asyncio.to_thread(parse_reply, await asyncio.to_thread(self.raw_email, event))
         if reply.auto_reply:
-            return Done("auto_reply", reply.auto_reply_reason or "an automatic reply")
-        run_id = await self.run_for(reply)
-        if run_id is None:
-            return Done("unmatched", "no signed reply address or Message-ID of ours")
+            return Done("auto_reply", reply.auto_reply_reason or "an automatic reply", signed.flow_run_id)
+        doubt = unverified_because(signed, reply, receipt, event.get("mail", {}),
+                                   self.settings.link_secret.get_secret_value())  # fmt: skip
+        if doubt:
+            unverified = {"text": reply.text, "delivery": "unverified", "sender": reply.from_address, "why": doubt}
+            done = await self.resume(signed.flow_run_id, unverified, f"from {reply.from_address or 'nobody'}: {doubt}")
+            return Done("unverified", done.detail, done.flow_run_id) if done.status == "resumed" else done
         classifier = resolve_via_api("classifier", self.settings)
         intent = str(await asyncio.to_thread(classifier.classify, reply.text))
         answer: dict[str, Any] = {"text": reply.text}
         answer |= {"reply": intent} if intent in ("yes", "no", "maybe") else {"delivery": "unclear"}
-        return await self.resume(run_id, answer, f"{getattr(classifier, 'name', 'classifier')}: {intent}")
+        return await self.resume(signed.flow_run_id, answer, f"{getattr(classifier, 'name', 'classifier')}: {intent}")
 
     async def undeliverable(self, kind: str, event: dict[str, Any]) -> Done:
         """A hard bounce or a complaint: the addresses are suppressed and the upsell waiting for them ends."""
@@ -139,10 +151,10 @@ class InboundWorker:
             addresses = [r.get("emailAddress", "") for r in event.get("complaint", {}).get("complainedRecipients", [])]
             reason, delivery = "complaint", "complained"
         await asyncio.to_thread(self._suppress, [a for a in addresses if a], reason)
-        run_id = self._signed_run(self._header_addresses(event.get("mail", {})))
-        if run_id is None:
+        signed = self._signed_address(self._header_addresses(event.get("mail", {})))
+        if signed is None:
             return Done(delivery, f"{', '.join(addresses)} suppressed; no run of ours named in the email")
-        return await self.resume(run_id, {"delivery": delivery}, f"{', '.join(addresses)} suppressed")
+        return await self.resume(signed.flow_run_id, {"delivery": delivery}, f"{', '.join(addresses)} suppressed")
 
     async def resume(self, run_id: str, answer: dict[str, Any], detail: str) -> Done:
         """Answer the run's reply wait; a run that is not waiting for one is recorded, never answered later."""
@@ -152,20 +164,10 @@ class InboundWorker:
             return Done("not_waiting", f"{detail}; {exc}", run_id)
         return Done("resumed", detail, run_id)
 
-    async def run_for(self, reply: InboundReply) -> str | None:
-        """The run a reply answers: the signed address it was sent to, else our Message-ID it answers."""
-        run_id = self._signed_run(reply.recipients)
-        if run_id is not None:
-            return run_id
-        for message_id in [reply.in_reply_to, *reversed(reply.references)]:
-            event_id = event_of_message_id(message_id or "")
-            if event_id is not None:
-                return await self.gateway.run_for_event(event_id)
-        return None
-
-    def _signed_run(self, addresses: list[str]) -> str | None:
-        secret = self.settings.link_secret.get_secret_value()
-        return next((run for a in addresses if (run := run_of_reply_address(a, secret)) is not None), None)
+    def _signed_address(self, addresses: list[str]) -> SignedReplyAddress | None:
+        """The first of `addresses` that is a reply address we signed, on our reply domain."""
+        secret, domain = self.settings.link_secret.get_secret_value(), self.settings.reply_domain
+        return next((found for a in addresses if (found := read_reply_address(a, secret, domain)) is not None), None)
 
     @staticmethod
     def _header_addresses(mail: dict[str, Any]) -> list[str]:
@@ -182,3 +184,42 @@ class InboundWorker:
                 store.add_suppression(address, reason)
         finally:
             store.close()
+
+
+#: SES's verdicts on the sender's domain (`receipt.<name>Verdict.status`: PASS, FAIL, GRAY, PROCESSING_FAILED).
+VERDICTS = ("spf", "dkim", "dmarc")
+_PASS = "PASS"
+
+
+def unverified_because(
+    signed: SignedReplyAddress, reply: InboundReply, receipt: dict[str, Any], mail: dict[str, Any], secret: str
+) -> str:
+    """Why a reply to a run's signed address cannot be applied as the customer's answer; empty when it can.
+
+    It can when its one sender is the contact the address was made for, and SES vouches for the sender's domain:
+    SPF (for an envelope sender of that domain) or DKIM (signed by that domain) passed, and DMARC did not fail.
+    Anything else (a forwarded copy, a colleague, a spoofed From) is for a person to read, never applied.
+    """
+    if len(reply.from_addresses) != 1:
+        return f"the email has {len(reply.from_addresses)} senders"
+    sender = reply.from_addresses[0]
+    if not signed.written_by(sender, secret):
+        return "the sender is not the contact the email was sent to"
+    domain = sender.rpartition("@")[2]
+    status = {name: str((receipt.get(f"{name}Verdict") or {}).get("status", "")).upper() for name in VERDICTS}
+    if status["dmarc"] == "FAIL":
+        return "DMARC failed for the sender's domain"
+    envelope = str(mail.get("source", "")).rpartition("@")[2].lower()
+    spf = status["spf"] == _PASS and _aligned(envelope, domain)
+    dkim = status["dkim"] == _PASS and any(_aligned(signer, domain) for signer in reply.dkim_domains)
+    if not (spf or dkim):
+        spf_said, dkim_said = status["spf"] or "none", status["dkim"] or "none"
+        return f"neither SPF nor DKIM passed for {domain} (SPF {spf_said}, DKIM {dkim_said})"
+    return ""
+
+
+def _aligned(one: str, other: str) -> bool:
+    """Whether two domains belong together (equal, or one under the other): DMARC's relaxed alignment, without
+    the public-suffix list."""
+    one, other = one.lower().rstrip("."), other.lower().rstrip(".")
+    return bool(one and other) and (one == other or one.endswith(f".{other}") or other.endswith(f".{one}"))

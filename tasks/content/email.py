@@ -16,6 +16,7 @@ from markupsafe import Markup
 
 from flows.models import ContractData, EmailDraft, UpsellPlan, UsageData, metric_label
 from tasks.content.untrusted import clean_name, clean_text, normalise
+from tasks.runtime.links import keyed_id
 
 ANSWER_LABELS = {"yes": "Yes, let's talk", "no": "No, thanks", "maybe": "Maybe later"}
 #: The bundled message templates a playbook or a variant may name, each `<file>.txt.j2` and `<file>.html.j2`.
@@ -193,23 +194,11 @@ def text_to_html(text: str) -> str:
     return "\n".join(blocks)
 
 
-def message_id_for(event_id: str, kind: EmailKind, from_address: str) -> str:
+def message_id_for(event_id: str, kind: EmailKind, from_address: str, secret: str) -> str:
     """The Message-ID of the event's email of `kind`: the same for every attempt, so a retry builds the same
-    message and the follow-up can name the first email. The event id is escaped one-to-one into the id's
-    allowed characters (`.` and `:` would be invalid or ambiguous there)."""
-    safe = "".join(c if c.isascii() and (c.isalnum() or c == "-") else f"_{ord(c):02x}" for c in event_id)
-    return f"<upsell.{safe}.{kind}@{_domain(from_address)}>"
-
-
-_OUR_MESSAGE_ID = re.compile(r"^<upsell\.(?P<safe>(?:[A-Za-z0-9-]|_[0-9a-f]{2})+)\.(?:offer|follow-up)@[^>\s]+>$")
-
-
-def event_of_message_id(message_id: str) -> str | None:
-    """The event id of one of our Message-IDs (`message_id_for` read back), or None for any other id."""
-    found = _OUR_MESSAGE_ID.match(message_id.strip())
-    if found is None:
-        return None
-    return re.sub(r"_([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), found["safe"])
+    message and the follow-up can name the first email; a keyed digest, so it shows no event id and predicts no
+    other email's id."""
+    return f"<{keyed_id(secret, 'message-id', f'{kind}:{event_id}')}@{_domain(from_address)}>"
 
 
 def _domain(from_address: str) -> str:

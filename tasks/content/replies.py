@@ -49,6 +49,10 @@ class InboundReply(BaseModel):
     in_reply_to: str = ""
     references: list[str] = Field(default_factory=list)
     from_address: str = ""
+    from_addresses: list[str] = Field(default_factory=list, description="Every From address (one, when honest).")
+    dkim_domains: list[str] = Field(
+        default_factory=list, description="The signing domains (d=) of the email's DKIM-Signature headers."
+    )
     to_addresses: list[str] = Field(default_factory=list)
     cc_addresses: list[str] = Field(default_factory=list)
     reply_to_addresses: list[str] = Field(default_factory=list)
@@ -130,6 +134,15 @@ def _addresses(msg: Message, *names: str) -> list[str]:
 
 def _message_ids(value: str) -> list[str]:
     return list(dict.fromkeys(f"<{i}>" for i in _MSG_ID.findall(value)))[:MAX_ADDRESSES]
+
+
+_DKIM_DOMAIN = re.compile(r"(?:^|;)\s*d\s*=\s*([A-Za-z0-9.-]{1,253})\s*(?:;|$)")
+
+
+def _dkim_domains(msg: Message) -> list[str]:
+    """The d= tag of each DKIM-Signature header, lower case (which domain signed; SES says whether one passed)."""
+    found = (_DKIM_DOMAIN.search(_one_line(_raw(v), 10_000)) for v in _headers(msg, "DKIM-Signature"))
+    return list(dict.fromkeys(m[1].lower().rstrip(".") for m in found if m))[:MAX_ADDRESSES]
 
 
 def plus_tokens(addresses: list[str]) -> list[str]:
@@ -421,6 +434,8 @@ def parse_reply(raw: bytes) -> InboundReply:
         in_reply_to=(in_reply_to or [""])[0],
         references=references,
         from_address=froms[0] if froms else "",
+        from_addresses=froms,
+        dkim_domains=_dkim_domains(msg),
         to_addresses=_addresses(msg, "To"),
         cc_addresses=_addresses(msg, "Cc"),
         reply_to_addresses=_addresses(msg, "Reply-To"),

@@ -157,9 +157,12 @@ def post_sns(client: httpx.Client, message: dict[str, Any] | bytes, path: str = 
 
 def raw_email(*, sender: str = "Pat Customer <pat@customer.example>", to: str = "upsell@reply.example.com",
               subject: str = "Re: Your plan", text: str = "Yes, let's talk.", in_reply_to: str | None = None,
-              message_id: str | None = None) -> bytes:
-    """An email as SES receives it (RFC 5322, CRLF line ends); `in_reply_to` threads it under a sent email."""
+              message_id: str | None = None, dkim_domain: str | None = None) -> bytes:
+    """An email as SES receives it (RFC 5322, CRLF line ends); `in_reply_to` threads it under a sent email;
+    `dkim_domain` adds a DKIM-Signature header of that signing domain (d=)."""
     msg = EmailMessage()
+    if dkim_domain:
+        msg["DKIM-Signature"] = f"v=1; a=rsa-sha256; c=relaxed/relaxed; d={dkim_domain}; s=s1; h=from:to; b=AAAA"
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
     msg["Date"] = format_datetime(datetime.now(UTC))
     msg["Message-ID"] = message_id or make_msgid(domain="customer.example")
@@ -188,13 +191,15 @@ def ses_mail(*, source: str = "pat@customer.example", destination: list[str] | N
     }
 
 
-def _verdicts() -> dict[str, Any]:
-    return {name: {"status": "PASS"} for name in ("spamVerdict", "virusVerdict", "spfVerdict", "dkimVerdict",
-                                                   "dmarcVerdict")}
+def _verdicts(overrides: dict[str, str] | None = None) -> dict[str, Any]:
+    """SES's verdicts on a received email, all PASS but for `overrides` (`{"spf": "FAIL", "dmarc": "GRAY"}`)."""
+    names = ("spam", "virus", "spf", "dkim", "dmarc")
+    return {f"{name}Verdict": {"status": (overrides or {}).get(name, "PASS")} for name in names}
 
 
 def ses_received(email: bytes, *, encoding: Literal["UTF8", "BASE64"] = "UTF8", recipients: list[str] | None = None,
-                 topic_arn: str = TOPIC_ARN, mail: dict[str, Any] | None = None) -> dict[str, Any]:
+                 topic_arn: str = TOPIC_ARN, mail: dict[str, Any] | None = None,
+                 verdicts: dict[str, str] | None = None) -> dict[str, Any]:
     """An SES "Received" event of a receipt rule's SNS action: the raw email in `content` (top level, as AWS
     documents it), as text (UTF8) or base64 (BASE64)."""
     recipients = recipients or ["upsell@reply.example.com"]
@@ -203,7 +208,8 @@ def ses_received(email: bytes, *, encoding: Literal["UTF8", "BASE64"] = "UTF8", 
         "notificationType": "Received",
         "mail": mail or ses_mail(destination=recipients),
         "receipt": {
-            "timestamp": sns_timestamp(), "processingTimeMillis": 120, "recipients": recipients, **_verdicts(),
+            "timestamp": sns_timestamp(), "processingTimeMillis": 120, "recipients": recipients,
+            **_verdicts(verdicts),
             "action": {"type": "SNS", "topicArn": topic_arn, "encoding": encoding},
         },
         "content": content,
@@ -211,12 +217,12 @@ def ses_received(email: bytes, *, encoding: Literal["UTF8", "BASE64"] = "UTF8", 
 
 
 def ses_received_in_s3(bucket: str, key: str, *, recipients: list[str] | None = None,
-                       topic_arn: str = TOPIC_ARN) -> dict[str, Any]:
+                       topic_arn: str = TOPIC_ARN, mail: dict[str, Any] | None = None) -> dict[str, Any]:
     """An SES "Received" event of a receipt rule's S3 action: the email is in the bucket, not in the event."""
     recipients = recipients or ["upsell@reply.example.com"]
     return {
         "notificationType": "Received",
-        "mail": ses_mail(destination=recipients),
+        "mail": mail or ses_mail(destination=recipients),
         "receipt": {
             "timestamp": sns_timestamp(), "processingTimeMillis": 150, "recipients": recipients, **_verdicts(),
             "action": {"type": "S3", "topicArn": topic_arn, "bucketName": bucket, "objectKeyPrefix": "",

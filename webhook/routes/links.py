@@ -3,10 +3,8 @@ what the link will do and changes nothing (mail scanners prefetch links); a POST
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import re
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
@@ -17,7 +15,7 @@ from prefect.exceptions import ObjectNotFound
 
 from flows.api import NotWaitingError, UpsellRequestError, validate_wait_input
 from flows.models import WAIT_INPUTS
-from tasks.runtime.links import InvalidToken, LinkToken, verify_token
+from tasks.runtime.links import InvalidToken, LinkToken, canonical_token, verify_token
 from webhook.deps import FormBody, GatewayDep, SettingsDep, SpoolDep, StoreDep
 from webhook.gateway import PrefectUnavailable
 from webhook.pages import (
@@ -36,10 +34,6 @@ router = APIRouter()
 
 #: How long a one-click unsubscribe waits to be applied before the answer (it is recorded durably first).
 UNSUBSCRIBE_APPLY_S = 2.0
-
-#: A token as `sign_token` spells it: base64url payload, one dot, base64url MAC, no padding.
-_TOKEN_SPELLING = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-
 
 def _pages(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI answers of a link route: each status it really gives, an HTML page saying why."""
@@ -74,23 +68,6 @@ def sender_of(settings: ReceiverSettings) -> Sender:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def canonical_token(token: str) -> bool:
-    """Whether the token is spelled exactly as `sign_token` writes it.
-
-    `verify_token` decodes the MAC leniently (padding, characters outside base64url and the unused low bits of
-    the last character are ignored), so one signed link has many spellings, and each spelling has its own
-    used-link key: without this check, "token=" or "token!!!!" used a link a second time.
-    """
-    if not _TOKEN_SPELLING.fullmatch(token):
-        return False
-    mac = token.split(".", 1)[1]
-    try:
-        raw = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
-    except ValueError:
-        return False
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == mac
 
 
 def _is_uuid(text: str) -> bool:
