@@ -20,12 +20,15 @@ from pydantic import ValidationError
 from tests.fakes.sns import (
     TOPIC_ARN,
     FakeSns,
+    make_ca,
+    make_signing_certificate,
     post_sns,
     raw_email,
     ses_bounce,
     ses_complaint,
     ses_received,
     ses_received_in_s3,
+    sign_with,
     sns_notification,
     sns_timestamp,
 )
@@ -72,11 +75,22 @@ def _receiver(settings: ReceiverSettings) -> Iterator[Receiver]:
         yield Receiver(thread, http)
 
 
+#: The bucket the test receiver allows SES to have stored an email in.
+BUCKET = "inbound-mail"
+
+
+def _fake_settings(tmp: Path, api_url: str, fake: FakeSns, **fields: Any) -> ReceiverSettings:
+    """Subscribed to TOPIC_ARN; certificates over http from 127.0.0.1 only (where the fake runs), trusted when they
+    chain to the fake's root CA (the tests-only overrides)."""
+    return _settings(tmp, api_url, **{
+        "sns_topic_arns": [TOPIC_ARN], "sns_cert_host_pattern": r"127\.0\.0\.1", "sns_url_schemes": ["http"],
+        "sns_trust_store": fake.trust_store, "inbound_s3_buckets": [BUCKET], **fields})
+
+
 @pytest.fixture(scope="module")
-def receiver(prefect_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
-    """Subscribed to TOPIC_ARN; certificates over http from 127.0.0.1 only (where the fake runs)."""
-    yield from _receiver(_settings(tmp_path_factory.mktemp("inbound"), prefect_server, sns_topic_arns=[TOPIC_ARN],
-                                   sns_cert_host_pattern=r"127\.0\.0\.1", sns_url_schemes=["http"]))
+def receiver(prefect_server: str, tmp_path_factory: pytest.TempPathFactory, fake: FakeSns) -> Iterator[Receiver]:
+    """The fake's messages trusted (SignatureVersion 2 only, as by default)."""
+    yield from _receiver(_fake_settings(tmp_path_factory.mktemp("inbound"), prefect_server, fake))
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +108,12 @@ def _cert_name() -> str:
 
 
 @pytest.mark.parametrize("version, event", [
-    (1, "received_utf8"), (2, "received_base64"), (2, "received_s3"), (1, "bounce"), (2, "complaint")])
+    (2, "received_utf8"), (2, "received_base64"), (2, "received_s3"), (2, "bounce"), (2, "complaint")])
 def test_signed_notification_is_kept_once(receiver, fake, version, event):
     ses_event = {
         "received_utf8": lambda: ses_received(raw_email(text="Yes — let's talk, ünïcode too.")),
         "received_base64": lambda: ses_received(raw_email(), encoding="BASE64"),
-        "received_s3": lambda: ses_received_in_s3("inbound-mail", f"emails/{uuid.uuid4().hex}"),
+        "received_s3": lambda: ses_received_in_s3(BUCKET, f"emails/{uuid.uuid4().hex}"),
         "bounce": lambda: ses_bounce(["gone@customer.example"], bounce_type="Permanent"),
         "complaint": lambda: ses_complaint(["angry@customer.example"]),
     }[event]()
@@ -156,7 +170,9 @@ REFUSALS = {
         | {"Signature": fake.sign_message({**m, "MessageId": "other"})["Signature"]}, 403, "invalid_signature", True),
     "version_1_label_on_a_sha256_signature": (
         lambda fake, m, name: fake.sign_message(m, 2, fake.cert_url(name)) | {"SignatureVersion": "1"}, 403,
-        "invalid_signature", True),
+        "unsupported_signature_version", False),
+    "signature_version_1_by_default": (lambda fake, m, name: fake.sign_message(m, 1, fake.cert_url(name)), 403,
+                                       "unsupported_signature_version", False),
     "signature_version_3": (lambda fake, m, name: fake.sign_message(m, 2, fake.cert_url(name))
                             | {"SignatureVersion": "3"}, 403, "unsupported_signature_version", False),
     "signature_not_base64": (lambda fake, m, name: fake.sign_message(m, 2, fake.cert_url(name))
@@ -169,7 +185,7 @@ REFUSALS = {
         m | {"Timestamp": sns_timestamp(datetime.now(UTC) - timedelta(hours=1, minutes=1))}, 2, fake.cert_url(name)),
         403, "stale_message", False),
     "future": (lambda fake, m, name: fake.sign_message(
-        m | {"Timestamp": sns_timestamp(datetime.now(UTC) + timedelta(minutes=10))}, 1, fake.cert_url(name)),
+        m | {"Timestamp": sns_timestamp(datetime.now(UTC) + timedelta(minutes=10))}, 2, fake.cert_url(name)),
         403, "stale_message", False),
     "other_topic": (lambda fake, m, name: fake.sign_message(m | {"TopicArn": OTHER_TOPIC}, 2, fake.cert_url(name)),
                     403, "topic_not_allowed", False),
@@ -180,6 +196,49 @@ REFUSALS = {
     "message_not_a_string": (lambda fake, m, name: fake.sign_message(m, 2, fake.cert_url(name))
                              | {"Message": {"notificationType": "Bounce"}}, 400, "invalid_field", False),
 }
+
+
+def test_an_email_in_a_bucket_not_allowed_is_refused(receiver, fake):
+    message = fake.sign_message(sns_notification(ses_received_in_s3("someone-elses-bucket", "emails/x")))
+    response = post_sns(receiver.http, message)
+    assert response.status_code == 403 and response.json()["error"] == "bucket_not_allowed", response.text
+    assert receiver.rows(message["MessageId"]) == []
+
+
+def test_signature_version_1_only_when_allowed(prefect_server, tmp_path, fake):
+    message = fake.sign_message(sns_notification(ses_bounce(["v1@customer.example"])), 1)
+    for receiver in _receiver(_fake_settings(tmp_path, prefect_server, fake, sns_allow_signature_v1=True)):
+        assert post_sns(receiver.http, message).status_code == 202
+        assert len(receiver.rows(message["MessageId"])) == 1
+
+
+def test_the_certificate_must_chain_to_a_trusted_ca_and_be_sns(receiver, fake, prefect_server, tmp_path):
+    """A certificate of the fake's own CAs for another name, one of a CA nobody trusts, one whose issuer cannot
+    be fetched, and the fake's good one when the receiver trusts only the system's CAs: 403, nothing kept."""
+    stranger_ca = make_ca()
+    cases = {
+        "another_name": make_signing_certificate(fake.intermediate, fake.issuer_url(), dns_name="evil.example"),
+        "untrusted_ca": make_signing_certificate(make_ca(stranger_ca), None, dns_name="sns.amazonaws.com"),
+        "issuer_unreachable": make_signing_certificate(fake.intermediate, "http://127.0.0.1:9/ca.cer"),
+        "self_signed_root_as_chain": make_signing_certificate(stranger_ca, None),
+    }
+    for case, (key, certificate) in cases.items():
+        url = fake.serve_certificate(_cert_name(), certificate)
+        message = sign_with(key, sns_notification(ses_bounce(["h@customer.example"])), 2, url)
+        response = post_sns(receiver.http, message)
+        assert response.status_code == 403 and response.json()["error"] == "certificate_untrusted", (case,
+                                                                                                     response.text)
+        assert receiver.rows(message["MessageId"]) == []
+    # the intermediate sent along with the certificate (not fetched) is used as well
+    url = fake.serve_certificate(_cert_name(), fake.certificate, [fake.intermediate[1]])
+    message = fake.sign_message(sns_notification(ses_bounce(["i@customer.example"])), 2, url)
+    assert post_sns(receiver.http, message).status_code == 202
+
+    message = fake.sign_message(sns_notification(ses_bounce(["j@customer.example"])), 2, fake.cert_url(_cert_name()))
+    for system in _receiver(_fake_settings(tmp_path, prefect_server, fake, sns_trust_store=None)):
+        response = post_sns(system.http, message)
+        assert response.status_code == 403 and response.json()["error"] == "certificate_untrusted", response.text
+        assert system.count() == 0
 
 
 @pytest.mark.parametrize("case", list(REFUSALS))
@@ -232,7 +291,7 @@ def test_certificate_trouble(receiver, fake):
 
     for fault in ("missing", "malformed"):
         bounce = sns_notification(ses_bounce(["d@customer.example"]))
-        message = fake.sign_message(bounce, 1, fake.cert_url(_cert_name()))
+        message = fake.sign_message(bounce, 2, fake.cert_url(_cert_name()))
         fake.fail_next(status=404) if fault == "missing" else fake.malformed_next()
         response = post_sns(receiver.http, message)
         assert response.status_code == 403 and response.json()["error"] == "certificate_invalid", response.text
@@ -256,7 +315,7 @@ def test_default_settings_fetch_certificates_from_sns_over_https_only(aws_only, 
 
 
 def test_subscription_confirmation_of_the_topic_is_confirmed(receiver, fake):
-    message = fake.confirmation(TOPIC_ARN, version=1)
+    message = fake.confirmation(TOPIC_ARN)
     response = post_sns(receiver.http, message)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "confirmed" and response.json()["type"] == "SubscriptionConfirmation"
@@ -308,7 +367,7 @@ def test_unsubscribe_confirmation_is_verified_and_ignored(receiver, fake):
 def test_no_topics_no_endpoint(prefect_server, tmp_path, fake):
     name = _cert_name()
     message = fake.sign_message(sns_notification(ses_bounce(["f@customer.example"])), 2, fake.cert_url(name))
-    settings = _settings(tmp_path, prefect_server, sns_cert_host_pattern=r"127\.0\.0\.1", sns_url_schemes=["http"])
+    settings = _fake_settings(tmp_path, prefect_server, fake, sns_topic_arns=[])
     for receiver in _receiver(settings):
         response = post_sns(receiver.http, message)
         assert response.status_code == 404 and response.json()["error"] == "inbound_not_enabled", response.text
@@ -339,6 +398,13 @@ def test_string_to_sign_follows_the_aws_documentation():
     ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem", True),
     ("https://SNS.eu-west-2.amazonaws.com/SimpleNotificationService-abc.pem", True),
     ("https://sns.cn-north-1.amazonaws.com.cn/SimpleNotificationService-abc.pem", True),
+    ("https://sns.us-gov-west-1.amazonaws.com:443/SimpleNotificationService-abc.pem", True),
+    ("https://sns.s3.amazonaws.com/SimpleNotificationService-abc.pem", False),  # anyone's S3 bucket
+    ("https://sns.us-east-1.amazonaws.com:8443/SimpleNotificationService-abc.pem", False),
+    ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.txt", False),
+    ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem?x=1", False),
+    ("https://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem#x", False),
+    ("https://sns.eu-west-1.amazonaws.com.cn/SimpleNotificationService-abc.pem", False),
     ("http://sns.us-east-1.amazonaws.com/SimpleNotificationService-abc.pem", False),
     ("https://sns.us-east-1.amazonaws.com@evil.example/x.pem", False),
     ("https://evil.example#@sns.us-east-1.amazonaws.com/x.pem", False),
@@ -357,6 +423,32 @@ def test_default_url_rule(url, allowed, tmp_path):
         with pytest.raises(SnsRejected) as refused:
             verifier.allowed_url(url, "SigningCertURL")
         assert refused.value.status_code == 403
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=t&Token=k", True),
+    ("https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=s", False),
+    ("https://sns.us-east-1.amazonaws.com/other?Action=ConfirmSubscription", False),
+    ("https://sns.s3.amazonaws.com/?Action=ConfirmSubscription", False),
+])
+def test_default_subscribe_url_rule(url, allowed, tmp_path):
+    verifier = SnsVerifier(ReceiverSettings(webhook_secrets=[SECRET], data_dir=tmp_path))
+    if allowed:
+        assert verifier.allowed_url(url, "SubscribeURL").params["Token"] == "k"
+    else:
+        with pytest.raises(SnsRejected):
+            verifier.allowed_url(url, "SubscribeURL")
+
+
+def test_the_tests_only_overrides_are_refused_in_production(tmp_path):
+    production = {"webhook_secrets": [SECRET], "data_dir": tmp_path, "environment": "production",
+                  "link_secret": "a-real-production-link-secret-0123"}
+    with pytest.raises(ValidationError, match="SNS_CERT_HOST_PATTERN"):
+        ReceiverSettings(**production, sns_cert_host_pattern=r"127\.0\.0\.1")
+    with pytest.raises(ValidationError, match="SNS_TRUST_STORE"):
+        ReceiverSettings(**production, sns_trust_store=tmp_path / "ca.pem")
+    settings = ReceiverSettings(**production, inbound_s3_buckets="mail-a, mail-b")
+    assert settings.inbound_s3_buckets == ["mail-a", "mail-b"] and not settings.sns_allow_signature_v1
 
 
 def test_settings(tmp_path):

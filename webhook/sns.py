@@ -2,21 +2,27 @@
 as AWS documents it (https://docs.aws.amazon.com/sns/latest/dg/sns-verify-signature-of-message.html).
 
 A message is trusted only when every check passes, cheapest first, and nothing is fetched for a message that
-fails one that needs no network: its fields (400), its topic (403), its signature version (403), its age (403),
-where its certificate lives (403); then its signing certificate, fetched over the allowed schemes from an allowed
-host only and cached by URL (403 when it is no usable certificate, 503 when it cannot be fetched now, so SNS
-retries), and the signature itself (403). The trust in the certificate is the fetch: TLS to an AWS host, no
-redirect followed; the certificate's own chain is not checked (SNS serves the leaf alone).
+fails one that needs no network: its fields (400), its topic (403), its signature version (403: 2 only, unless
+UPSELL_SNS_ALLOW_SIGNATURE_V1), its age (403), where its certificate lives (403: https://sns.<region>.amazonaws.com
+on port 443, a .pem path, nothing else); then its signing certificate, fetched from there, no redirect followed,
+and cached by URL (403 when it is no usable certificate, 503 when it cannot be fetched now, so SNS retries), its
+chain verified against the system trust store and its name checked (sns.amazonaws.com, or the host it came
+from), and the signature itself (403). SNS serves the certificate alone: its issuer is fetched from the address
+the certificate names (Authority Information Access), and trusted only through the chain to a root of the store.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import re
+import ssl
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -24,6 +30,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from webhook.settings import ReceiverSettings
@@ -42,6 +50,46 @@ CERT_MAX_BYTES = 64 * 1024
 CONFIRM_MAX_BYTES = 64 * 1024
 #: Certificates kept in memory (SNS rotates its certificate rarely; the URL names it).
 CERT_CACHE_SIZE = 32
+#: The name SNS's signing certificates are issued to (the host the certificate came from is accepted too).
+SNS_CERT_NAME = "sns.amazonaws.com"
+
+
+def load_trust_store(path: Path | None) -> Store:
+    """The CAs a signing certificate must chain to: the PEM file `path`, or the system's trust store."""
+    if path is None:
+        paths = ssl.get_default_verify_paths()
+        path = Path(paths.cafile or paths.openssl_cafile)
+    certificates = []
+    for block in re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", path.read_bytes(), re.S):
+        with warnings.catch_warnings():  # a system bundle holds a few old roots that bend RFC 5280 (serials)
+            warnings.simplefilter("ignore")
+            try:
+                certificates.append(x509.load_pem_x509_certificate(block))
+            except ValueError:  # one root cryptography cannot read does not take the others with it
+                continue
+    if not certificates:
+        raise RuntimeError(f"no CA certificate in {path}: SNS signing certificates cannot be verified")
+    return Store(certificates)
+
+
+def issuer_url(cert: x509.Certificate) -> str | None:
+    """Where the certificate's issuer can be fetched (its Authority Information Access caIssuers), if it says."""
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return None
+    for description in access:
+        if description.access_method == AuthorityInformationAccessOID.CA_ISSUERS \
+                and isinstance(description.access_location, x509.UniformResourceIdentifier):
+            return description.access_location.value
+    return None
+
+
+def load_certificates(data: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM file, or the one of a DER file (how CAs publish their issuer certificates)."""
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
 
 
 class SnsRejected(Exception):
@@ -118,15 +166,25 @@ class SnsVerifier:
         self.settings = settings
         self._host = re.compile(settings.sns_cert_host_pattern)
         self._certs: dict[str, x509.Certificate] = {}
+        self._store: Store | None = None
+        self._versions = SIGNATURE_HASHES if settings.sns_allow_signature_v1 else {"2": hashes.SHA256}
 
     def allowed_url(self, raw: str, field: str) -> httpx.URL:
-        """`raw` parsed as httpx will fetch it, when its scheme is allowed and its host matches (else 403)."""
+        """`raw` parsed as httpx will fetch it, when it is an SNS URL of its kind (else 403): an allowed scheme,
+        an allowed host, port 443 (any with http, which only tests allow), no user info, no fragment; a
+        SigningCertURL a .pem path without query, a SubscribeURL the path / with Action=ConfirmSubscription."""
         try:
             url = httpx.URL(raw) if raw.isascii() and raw.isprintable() and "\\" not in raw else None
         except httpx.InvalidURL:
             url = None
-        if url is None or url.scheme not in self.settings.sns_url_schemes or url.userinfo \
-                or not self._host.fullmatch(url.host):
+        if url is None or url.scheme not in self.settings.sns_url_schemes or url.userinfo or url.fragment \
+                or not self._host.fullmatch(url.host) or (url.scheme == "https" and url.port not in (None, 443)):
+            url = None
+        elif field == "SigningCertURL":
+            url = url if url.path.endswith(".pem") and not url.query else None
+        else:
+            url = url if url.path == "/" and url.params.get("Action") == "ConfirmSubscription" else None
+        if url is None:
             raise SnsRejected(403, "url_not_allowed", f"{field}: {raw[:200]!r} is not an allowed "
                               f"{'/'.join(self.settings.sns_url_schemes)} URL of an SNS host", field=field)
         return url
@@ -144,10 +202,11 @@ class SnsVerifier:
         if message.topic_arn not in self.settings.sns_topic_arns:
             raise SnsRejected(403, "topic_not_allowed", f"TopicArn {message.topic_arn[:200]!r} is not one this "
                               "receiver subscribes to", field="TopicArn")
-        algorithm = SIGNATURE_HASHES.get(message.signature_version)
+        algorithm = self._versions.get(message.signature_version)
         if algorithm is None:
             raise SnsRejected(403, "unsupported_signature_version", f"SignatureVersion "
-                              f"{message.signature_version!r} is not 1 or 2", field="SignatureVersion")
+                              f"{message.signature_version!r} is not {' or '.join(self._versions)}",
+                              field="SignatureVersion")
         self._check_age(parse_timestamp(message.timestamp))
         url = self.allowed_url(message.signing_cert_url, "SigningCertURL")
         key = (await self._certificate(url)).public_key()
@@ -201,6 +260,7 @@ class SnsVerifier:
         return cert
 
     async def _fetch_certificate(self, url: httpx.URL) -> x509.Certificate:
+        """The certificate at `url`, once its chain and name are verified."""
         try:
             status, pem = await self._get(url, CERT_MAX_BYTES)
         except _TooLarge:
@@ -217,10 +277,45 @@ class SnsVerifier:
             raise SnsRejected(403, "certificate_invalid", f"SigningCertURL: HTTP {status} when fetching the "
                               "certificate", field="SigningCertURL")
         try:
-            return x509.load_pem_x509_certificate(pem)
+            leaf, *intermediates = x509.load_pem_x509_certificates(pem)
         except ValueError:
             raise SnsRejected(403, "certificate_invalid", "SigningCertURL: the answer is not a PEM certificate",
                               field="SigningCertURL") from None
+        if not intermediates and (issuer := issuer_url(leaf)) is not None:
+            intermediates = await self._fetch_issuer(issuer)
+        self._verify_chain(leaf, intermediates, url.host)
+        return leaf
+
+    async def _fetch_issuer(self, raw: str) -> list[x509.Certificate]:
+        """The issuer of a certificate SNS served alone, from the address the certificate names; [] when it cannot
+        be had (the chain then does not verify). What it is worth is decided by the chain, not by where it was."""
+        try:
+            url = httpx.URL(raw)
+            if url.scheme not in ("http", "https"):
+                return []
+            status, data = await self._get(url, CERT_MAX_BYTES)
+            return load_certificates(data) if status == 200 else []
+        except (httpx.HTTPError, httpx.InvalidURL, _TooLarge, ValueError) as exc:
+            logger.warning("SNS: the issuer certificate at %s could not be fetched: %s: %s", raw[:200],
+                           type(exc).__name__, exc)
+            return []
+
+    def _verify_chain(self, leaf: x509.Certificate, intermediates: list[x509.Certificate], host: str) -> None:
+        """403 unless `leaf` chains to the trust store and is issued to sns.amazonaws.com (or `host`)."""
+        if self._store is None:
+            self._store = load_trust_store(self.settings.sns_trust_store)
+        names = [SNS_CERT_NAME] + ([host] if host != SNS_CERT_NAME and not _is_ip(host) else [])
+        errors = []
+        for name in names:
+            verifier = PolicyBuilder().store(self._store).build_server_verifier(x509.DNSName(name))
+            try:
+                verifier.verify(leaf, intermediates)
+                return
+            except VerificationError as exc:
+                errors.append(f"{name}: {exc}")
+        logger.warning("SNS signing certificate refused: %s", "; ".join(errors))
+        raise SnsRejected(403, "certificate_untrusted", f"SigningCertURL: the certificate does not chain to a "
+                          f"trusted CA or is not issued to {' or '.join(names)}", field="SigningCertURL")
 
     async def _get(self, url: httpx.URL, limit: int) -> tuple[int, bytes]:
         """GET `url` (no redirect followed, short timeout): its status and at most `limit` bytes of its body."""
@@ -233,6 +328,14 @@ class SnsVerifier:
                         raise _TooLarge(f"more than {limit} bytes")
                     chunks.append(chunk)
                 return response.status_code, b"".join(chunks)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _TooLarge(Exception):

@@ -1,10 +1,13 @@
 """Amazon SNS for the tests: a fake that signs messages as SNS does and serves what the receiver fetches, and
 builders of the SES events SNS carries (emails received, bounces, complaints).
 
-`FakeSns` makes a test CA and a signing certificate issued by it (CN sns.amazonaws.com, as SNS's own), serves
-the certificate's PEM at `/certs/<name>` (any name: a test that counts fetches uses a name of its own) and a
-SubscribeURL endpoint (`/?Action=ConfirmSubscription&TopicArn=…&Token=…`, answered as SNS answers) that records
-every confirmation. `fake.sign_message(message, version)` adds SignatureVersion, SigningCertURL and Signature.
+`FakeSns` makes a test root CA, an intermediate CA and a signing certificate the intermediate issued (to
+sns.amazonaws.com, as SNS's own, naming where its issuer is: Authority Information Access), serves the
+certificate's PEM alone at `/certs/<name>` (any name: a test that counts fetches uses a name of its own), the
+intermediate at `/ca/intermediate.cer` (DER, as Amazon's CAs publish it), writes the root to `fake.trust_store`
+(a receiver trusts the fake with `sns_trust_store=fake.trust_store`, tests only) and serves a SubscribeURL
+endpoint (`/?Action=ConfirmSubscription&TopicArn=…&Token=…`, answered as SNS answers) that records every
+confirmation. `fake.sign_message(message, version)` adds SignatureVersion, SigningCertURL and Signature.
 
 The string to sign is built here from the AWS documentation on its own, not with `webhook.sns`, so a mistake
 there is not repeated here and hidden.
@@ -14,18 +17,20 @@ from __future__ import annotations
 
 import base64
 import json
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, Self
 from urllib.parse import urlencode
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 
@@ -49,27 +54,53 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Upsell tests")])
 
 
-def make_certificates(valid_for: timedelta = timedelta(days=1)) -> tuple[rsa.RSAPrivateKey, x509.Certificate,
-                                                                         x509.Certificate]:
-    """A test CA and a signing certificate it issued (CN sns.amazonaws.com): (signing key, certificate, CA)."""
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                         encipher_only=False, decipher_only=False)
+
+
+def make_ca(issuer: tuple[rsa.RSAPrivateKey, x509.Certificate] | None = None,
+            valid_for: timedelta = timedelta(days=1)) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A test root CA (`issuer` None) or an intermediate CA issued by `issuer`: (its key, its certificate)."""
     now = datetime.now(UTC)
-    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = (
-        x509.CertificateBuilder().subject_name(_name("Upsell test CA")).issuer_name(_name("Upsell test CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + valid_for)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = (
-        x509.CertificateBuilder().subject_name(_name("sns.amazonaws.com")).issuer_name(ca.subject)
+    name = _name("Upsell test intermediate CA" if issuer else "Upsell test root CA")
+    signer_key, issuer_name = (issuer[0], issuer[1].subject) if issuer else (key, name)
+    builder = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + valid_for)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0 if issuer else 1), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[0].public_key()), critical=False)
+    return key, builder.sign(signer_key, hashes.SHA256())
+
+
+def make_signing_certificate(issuer: tuple[rsa.RSAPrivateKey, x509.Certificate], issuer_url: str | None,
+                             dns_name: str = "sns.amazonaws.com",
+                             valid_for: timedelta = timedelta(days=1)) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A signing certificate as SNS's (issued to `dns_name`, its issuer at `issuer_url`): (its key, itself)."""
+    now = datetime.now(UTC)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    builder = (
+        x509.CertificateBuilder().subject_name(_name(dns_name)).issuer_name(issuer[1].subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + valid_for)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns_name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[0].public_key()), critical=False)
     )
-    return key, cert, ca
+    if issuer_url:
+        builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(issuer_url))]), critical=False)
+    return key, builder.sign(issuer[0], hashes.SHA256())
 
 
 def string_to_sign(message: dict[str, Any]) -> bytes:
@@ -280,9 +311,28 @@ class FakeSns(FakeControl):
 
     def __init__(self) -> None:
         super().__init__()
-        self.key, self.certificate, self.ca = make_certificates()
-        self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+        self.root = make_ca()
+        self.intermediate = make_ca(self.root)
+        self.trust_store = Path(tempfile.mkdtemp(prefix="fake-sns-")) / "root.pem"
+        self.trust_store.write_bytes(self.root[1].public_bytes(serialization.Encoding.PEM))
+        self.served: dict[str, bytes] = {}  # certificates served under a name of their own (`serve_certificate`)
         self.app = self._build_app()
+
+    def start(self) -> Self:
+        """Serve the fake; its signing certificate names the fake's own address for its issuer."""
+        super().start()
+        self.key, self.certificate = make_signing_certificate(self.intermediate, self.issuer_url())
+        self.pem = self.certificate.public_bytes(serialization.Encoding.PEM)
+        return self
+
+    def issuer_url(self) -> str:
+        return f"{self.base_url}/ca/intermediate.cer"
+
+    def serve_certificate(self, name: str, certificate: x509.Certificate,
+                          chain: list[x509.Certificate] | None = None) -> str:
+        """Serve `certificate` (and `chain` after it) at `/certs/<name>`: its URL."""
+        self.served[name] = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [certificate, *(chain or [])])
+        return self.cert_url(name)
 
     def cert_url(self, name: str = "SimpleNotificationService-fake.pem") -> str:
         return f"{self.base_url}/certs/{name}"
@@ -325,7 +375,13 @@ class FakeSns(FakeControl):
                 return PlainTextResponse("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
             if fault is not None:
                 return PlainTextResponse("fake error", status_code=fault.status)
-            return Response(self.pem, media_type="application/x-x509-ca-cert")
+            return Response(self.served.get(name, self.pem), media_type="application/x-x509-ca-cert")
+
+        @app.get("/ca/intermediate.cer")
+        async def intermediate(request: Request) -> Response:
+            self.record("GET", request.url.path, dict(request.headers), {}, None)
+            return Response(self.intermediate[1].public_bytes(serialization.Encoding.DER),
+                            media_type="application/pkix-cert")
 
         @app.get("/")
         async def confirm(request: Request) -> Response:
