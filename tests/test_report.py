@@ -281,6 +281,7 @@ def report_receiver(prefect_server: str, tmp_path_factory: pytest.TempPathFactor
     settings = ReceiverSettings(
         webhook_secrets=SECRET, data_dir=tmp, receiver_db=tmp / "receiver.db", prefect_api_url=prefect_server,
         report_token=TOKEN, report_user=USER, report_password=PASSWORD,
+        report_login_failures=1000,  # these tests fail on purpose; the limit is test_webhook_limits's
     )
     with ReceiverThread(settings) as server:
         yield server.url

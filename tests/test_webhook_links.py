@@ -15,6 +15,7 @@ from html import unescape
 
 import httpx
 import pytest
+from fastapi import Request
 
 from blocks.mongo import SqliteOpportunityStore
 from blocks.sources import FixtureSource
@@ -22,6 +23,8 @@ from flows.models import UpsellOutcome
 from tasks.runtime.links import LinkToken, sign_token, verify_token
 from tests.support import outbox_email, read_run, wait_until_final, wait_until_paused
 from tests.test_webhook_support import SECRET, alert, get_status, post_alert
+from webhook.deps import get_gateway
+from webhook.gateway import PrefectGateway
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
 
@@ -161,3 +164,32 @@ def test_one_click_unsubscribe_suppresses_the_next_upsell(receiver, runner):
     outcome = UpsellOutcome.model_validate(final.state.result())
     assert outcome.status == "suppressed" and outcome.email_sent is False
     assert not list((runner.data_dir / "outbox").glob(f"{payload['event_id']}*"))
+
+
+class BrokenGateway(PrefectGateway):
+    """The receiver's gateway, but a resume fails in a way nobody planned for."""
+
+    async def resume_wait(self, flow_run_id: str, wait: str, run_input: dict) -> None:
+        raise RuntimeError("an unexpected failure")
+
+
+def test_a_resume_that_fails_unexpectedly_leaves_the_link_usable(prefect_server, tmp_path):
+    settings = ReceiverSettings(webhook_secrets=SECRET, data_dir=tmp_path, prefect_api_url=prefect_server)
+    with ReceiverThread(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+        app = server.server.config.app
+
+        def broken(request: Request) -> PrefectGateway:
+            real = request.app.state.gateway
+            return BrokenGateway(real.settings, real.client, real.api_url)
+
+        path = f"/links/{_token(settings, str(uuid.uuid4()), 'reply', {'reply': 'yes'})}"
+        app.dependency_overrides[get_gateway] = broken
+        try:
+            for _ in range(2):  # the second is not "already used": the first freed the link
+                answer = http.post(path)
+                assert answer.status_code == 503 and "Please try again" in unescape(answer.text), answer.text
+                assert "the link still works" in unescape(answer.text)
+        finally:
+            app.dependency_overrides.clear()
+        answer = http.post(path)  # the real gateway: the run does not exist, but the link was still usable
+        assert answer.status_code == 410 and "no longer exists" in unescape(answer.text), answer.text

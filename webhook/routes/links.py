@@ -50,7 +50,8 @@ USE_LINK = _pages({
     403: _INVALID + " Or the link carries an answer that cannot be used.",
     409: "The run is not waiting for this answer (already answered, or not ready yet): nothing was changed.",
     410: _EXPIRED + " Or it was already used, or the run no longer exists.",
-    503: "Prefect could not be reached: nothing was changed, the link still works.",
+    503: "Prefect could not be reached, or the answer failed unexpectedly: nothing was changed, the link still"
+         " works.",
 })
 SHOW_UNSUBSCRIBE = _pages({200: _ASKS, 403: _INVALID, 410: _EXPIRED})
 UNSUBSCRIBE = _pages({
@@ -150,6 +151,12 @@ async def use_link(token: str, settings: SettingsDep, store: StoreDep, gateway: 
     except PrefectUnavailable:
         store.release_link(digest)
         return page("Please try again shortly", "We could not record your answer just now. Nothing was "
+                    "changed; the link still works.", 503)
+    except Exception:  # answered on purpose: the link is freed, and a second use meets the run's own guard
+        logger.exception("Link answer for flow run %s (%s) failed unexpectedly; the link stays usable",
+                         link.flow_run_id, link.wait)
+        store.release_link(digest)
+        return page("Please try again", "Something went wrong while recording your answer. Nothing was "
                     "changed; the link still works.", 503)
     if link.wait == "reply":
         return page("Thank you", "Your answer was recorded.", sender=sender_of(settings))
