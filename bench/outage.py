@@ -44,6 +44,8 @@ from bench.upsells import own_prefect_server  # noqa: E402
 from webhook.ports import free_port  # noqa: E402
 
 SECRET = "bench-outage-secret-0123456789"
+#: The report token of the receiver: /healthz shows the spool depth only to it.
+REPORT_TOKEN = "bench-outage-report-token-0123"
 
 
 class Proxy:
@@ -121,6 +123,7 @@ def main() -> None:
             proxy = Proxy(int(api_url.split(":")[-1].split("/")[0]))
             receiver_port = free_port()
             env = {**os.environ, "UPSELL_WEBHOOK_SECRETS": SECRET, "UPSELL_PORT": str(receiver_port),
+                   "UPSELL_REPORT_TOKEN": REPORT_TOKEN,
                    "UPSELL_DATA_DIR": str(work / "data"), "UPSELL_DEPLOYMENT_NAME": "upsell/outage",
                    "UPSELL_PREFECT_API_URL": f"http://127.0.0.1:{proxy.port}/api",
                    "UPSELL_DISPATCH_INTERVAL_S": "1"}  # fmt: skip
@@ -211,7 +214,8 @@ def main() -> None:
             health: dict = {}
             while time.monotonic() < deadline:
                 try:
-                    health = httpx.get(f"{url}/healthz", timeout=5).json()
+                    health = httpx.get(f"{url}/healthz", timeout=5,
+                                       headers={"authorization": f"Bearer {REPORT_TOKEN}"}).json()
                     if health.get("spool_depth") == 0:
                         break
                 except httpx.HTTPError:

@@ -39,6 +39,9 @@ sys.path.insert(0, str(REPO))
 from deployments.stack import stop_process  # noqa: E402 - after sys.path, so `python bench/receiver.py` finds it
 
 SECRET = "bench-secret-0123456789abcdef"
+#: The report token of the receiver: /healthz shows the spool depth only to it.
+REPORT_TOKEN = "bench-report-token-0123456789"
+DETAILS = {"authorization": f"Bearer {REPORT_TOKEN}"}
 print = functools.partial(print, flush=True)  # noqa: A001 - progress shows while the bench runs
 
 
@@ -64,6 +67,11 @@ def start_prefect(home: Path, port: int, env: dict[str, str]) -> subprocess.Pope
     )
     wait_http(f"http://127.0.0.1:{port}/api/health", proc)
     return proc
+
+
+def spool_depth(url: str) -> int:
+    """The receiver's spool depth (a /healthz detail, shown to the report's token only)."""
+    return int(httpx.get(f"{url}/healthz", headers=DETAILS).json()["spool_depth"])
 
 
 def minimal_app():  # noqa: ANN201 - an ASGI app, for `uvicorn --factory`
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         receiver_env = deploy_env | {
             "UPSELL_WEBHOOK_SECRETS": SECRET, "UPSELL_PORT": str(receiver_port), "UPSELL_DATA_DIR": str(work),
+            "UPSELL_REPORT_TOKEN": REPORT_TOKEN,
             "UPSELL_PREFECT_API_URL": api_url, "UPSELL_DEPLOYMENT_NAME": "upsell/bench",
             "UPSELL_DISPATCH_INTERVAL_S": "1",  # the receiver's default Prefect timeout (5 s), as deployed
         }
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                 _, triggered = asyncio.run(
                     post_all(url, alert_bodies(per_round, f"rcv{round_no}"), args.concurrency, "triggered"))
                 # an alert the busy API did not answer in time is spooled and replayed: it counts once its run exists
-                while httpx.get(f"{url}/healthz").json()["spool_depth"] and time.perf_counter() - started < 600:
+                while spool_depth(url) and time.perf_counter() - started < 600:
                     time.sleep(0.05)
                 seconds = time.perf_counter() - started
                 created = asyncio.run(count_runs(api_url, "upsell/bench")) - before
@@ -280,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         server = None
         asyncio.run(post_all(url, alert_bodies(1, "detect"), 1, "queued"))  # the first one finds the API down
         seconds, queued = asyncio.run(post_all(url, alert_bodies(args.spool, "spool"), args.concurrency, "queued"))
-        depth = httpx.get(f"{url}/healthz").json()["spool_depth"]
+        depth = spool_depth(url)
         floor = minimal_rate(args.spool, args.concurrency, work / "minimal.log")
         print(f"spool, API down                  : {queued / seconds:8.1f} alerts/s ({queued}/{args.spool} queued, "
               f"spool depth {depth})  (target >= 1000)")
@@ -289,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
 
         server = start_prefect(work, prefect_port, prefect_env)
         started = time.perf_counter()
-        while httpx.get(f"{url}/healthz").json()["spool_depth"] and time.perf_counter() - started < 600:
+        while spool_depth(url) and time.perf_counter() - started < 600:
             time.sleep(0.5)
         drained = time.perf_counter() - started
         print(f"spool replay after restart       : {depth} alerts in {drained:.1f}s ({depth / drained:.1f}/s)")
