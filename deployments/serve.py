@@ -200,8 +200,6 @@ def main(argv: list[str] | None = None) -> None:
         with get_client(sync_client=True) as client:
             for name, rate in ensure_rate_limits(client).items():
                 print(f"Rate limit {name}: {rate.per_second:g}/s (burst {rate.burst})")  # noqa: T201
-    if args.sweep_interval and asyncio.run(ensure_zombie_automation()):
-        print("Created the upsell-crash-zombie-runs automation (runs without heartbeats are marked Crashed)")  # noqa: T201
     if not args.processes and InProcessRunner is None:
         logger.warning(
             "The in-process runner is unavailable (%s); serving with Prefect's process runner", IN_PROCESS_UNAVAILABLE
@@ -216,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     deployments = build_deployments(args.sweep_interval, args.name_suffix)
+    if args.sweep_interval:  # the automation runs the recovery deployment: it must exist first
+        recovery = next(d for d in deployments if d.flow_name == "upsell-recovery")
+        recovery.apply()
+        if asyncio.run(ensure_zombie_automation(f"upsell-recovery/{recovery.name}")):
+            print("Created the upsell-crash-zombie-runs automation (silent runs go to the recovery sweep)")  # noqa: T201
     flows: dict[str, Any] = {f.name: f for f in FLOWS.values()}
     for deployment in deployments:
         if InProcessRunner is not None and isinstance(runner, InProcessRunner):

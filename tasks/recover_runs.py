@@ -1,10 +1,11 @@
 """The recovery sweep: finds upsell runs whose process died and runs them again, or ends them with the reason.
 
 What counts as dead, on Prefect's own records:
-- **Crashed**: Prefect (or the zombie automation, on missing heartbeats) marked the run Crashed.
+- **Crashed**: Prefect (or a person, or an earlier version of the zombie automation) marked the run Crashed.
 - **Running without a heartbeat**: the engine emits `prefect.flow-run.heartbeat` every
   `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds while a run executes; none for `stale_after_s` means its process
-  died (works without the automation, e.g. where the server runs no triggers service).
+  died (works without the automation, e.g. where the server runs no triggers service; the automation runs this
+  sweep for one run the moment it falls silent).
 - **Pending for longer than `stale_after_s`**: a runner or worker took the run and died before starting it.
 - **Waiting without its input schema**: Prefect sets the Suspended/Paused state before it saves the wait's
   schema, so a kill in between leaves a wait nothing can answer; the schema is saved again from the wait's
@@ -12,8 +13,11 @@ What counts as dead, on Prefect's own records:
 
 A dead run is rescheduled (`Scheduled` at now + backoff, doubling) so any runner serving the deployment runs it
 again from the top: its wait records and idempotency records mean finished steps are not repeated, and a send
-whose outcome is unknown ends `needs_review`. The attempts are counted in a flow run input
-(`upsell-recovery-<n>`); after `max_attempts` the run ends Failed with the reason in its state message.
+whose outcome is unknown ends `needs_review`; a run rescheduled while it waited waits again (`flows.inputs`).
+A run that is Paused, Suspended or finished is never touched (a wait without its schema only gets the schema
+back), and a run whose state changed after it was found dead (answered, started, finished) is left alone.
+The attempts are counted in a flow run input (`upsell-recovery-<n>`); after
+`max_attempts` the run ends Failed with the reason in its state message.
 """
 
 from __future__ import annotations
@@ -145,10 +149,19 @@ def repair_schema(client: SyncPrefectClient, run: FlowRun) -> None:
     )
 
 
+def still_as_found(client: SyncPrefectClient, dead: DeadRun) -> bool:
+    """Whether the run is still in the very state it was found dead in. The reschedule is forced (Prefect refuses
+    it from Crashed otherwise), so a run that meanwhile went on, waits or finished must not get it."""
+    state = client.read_flow_run(dead.run.id).state
+    return state is not None and dead.run.state is not None and state.id == dead.run.state.id
+
+
 def recover(
     client: SyncPrefectClient, dead: DeadRun, now: datetime, *, max_attempts: int, backoff_s: float
 ) -> str:
     """Repair, reschedule or give up on one dead run; returns what was done."""
+    if not still_as_found(client, dead):
+        return "left alone (its state changed)"
     if dead.problem == "wait without schema":
         repair_schema(client, dead.run)
         return "schema saved again"

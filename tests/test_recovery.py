@@ -138,10 +138,16 @@ def test_a_wait_saved_without_its_schema_is_repaired_and_can_be_answered(runner:
     assert timedelta(0) <= final.state.timestamp - run.state.timestamp
 
 
-def test_serving_creates_the_zombie_automation_once(prefect_server: str) -> None:
+def test_serving_creates_the_zombie_automation_once(runner: Any) -> None:
     from prefect.automations import Automation
+    from prefect.events.actions import RunDeployment
 
-    from deployments.automations import ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION, ensure_zombie_automation
+    from deployments.automations import (
+        RECOVERY_DEPLOYMENT,
+        ZOMBIE_AFTER_S,
+        ZOMBIE_AUTOMATION,
+        ensure_zombie_automation,
+    )
 
     first, second = asyncio.run(ensure_zombie_automation()), asyncio.run(ensure_zombie_automation())
     assert (first, second) == (True, False)
@@ -155,13 +161,23 @@ def test_serving_creates_the_zombie_automation_once(prefect_server: str) -> None
     # killed before it started the run, or before its first beat, is as dead as one that stopped beating
     assert trigger["after"] == {"prefect.flow-run.Submitting", "prefect.flow-run.Pending", "prefect.flow-run.Running",
                                 "prefect.flow-run.heartbeat"}  # fmt: skip
-    assert [a.state for a in saved.actions] == [StateType.CRASHED]  # type: ignore[union-attr]
-    # an automation saved by an earlier version is brought up to date
+    # it never changes a run's state itself (issue 30: it crashed Suspended runs): it runs the sweep for the run,
+    # which reads the run's state
+    [action] = saved.actions
+    with get_client(sync_client=True) as client:
+        recovery_id = client.read_deployment_by_name(RECOVERY_DEPLOYMENT).id
+    assert isinstance(action, RunDeployment) and action.deployment_id == recovery_id
+    assert action.parameters == {"flow_run_ids": ["{{ flow_run.id | string }}"], "stale_after_s": ZOMBIE_AFTER_S}
+    # an automation saved by an earlier version (it marked runs Crashed) is brought up to date
+    from prefect.events.actions import ChangeFlowRunState
+
     saved.trigger.expect = {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed"}  # type: ignore[union-attr]
+    saved.actions = [ChangeFlowRunState(state=StateType.CRASHED)]
     asyncio.run(saved.aupdate())
     assert asyncio.run(ensure_zombie_automation()) is False
     updated = Automation.read(name=ZOMBIE_AUTOMATION)
     assert updated.trigger.model_dump()["expect"] == {"prefect.flow-run.*"}
+    assert [type(a) for a in updated.actions] == [RunDeployment]
     asyncio.run(updated.adelete())  # other tests' runs are not watched by it
 
 
