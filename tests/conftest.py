@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,9 @@ os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-home")
 os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "true"
 os.environ.setdefault("UPSELL_RETRY_BASE_DELAY_S", "0.05")
 os.environ["UPSELL_PAUSE_POLL_S"] = "1"
+# One link secret for every process of the session (this one, the served runner, the receivers), so each checks
+# the links the others signed; without it each test's fresh data folder would get a secret of its own.
+os.environ["UPSELL_LINK_SECRET"] = secrets.token_urlsafe(36)  # 48 characters
 
 import pytest  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402

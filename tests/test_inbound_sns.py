@@ -458,7 +458,8 @@ def test_settings(tmp_path):
     assert ReceiverSettings(webhook_secrets=[SECRET], data_dir=tmp_path).sns_topic_arns == []
     with pytest.raises(ValidationError, match="SNS_URL_SCHEMES"):
         ReceiverSettings(webhook_secrets=[SECRET], data_dir=tmp_path, environment="production",
-                         link_secret="a-real-production-link-secret-0123", sns_url_schemes=["http"])
+                         link_secret="a-real-production-link-secret-0123", sns_url_schemes=["http"],
+                         public_base_url="https://upsell.example.com", sender_postal_address="Acme Ltd, Springfield")
     with pytest.raises(ValidationError, match="regular expression"):
         ReceiverSettings(webhook_secrets=[SECRET], data_dir=tmp_path, sns_cert_host_pattern="(")
 

@@ -140,9 +140,10 @@ def test_link_tokens_are_signed_and_expire():
     with pytest.raises(InvalidToken) as expired:
         verify_token(signed, "secret", now=3_000_000_000)
     assert expired.value.expired
-    payload, mac = signed.split(".")
+    middle = len(signed) // 2
+    tampered = signed[:middle] + ("A" if signed[middle] != "A" else "B") + signed[middle + 1 :]
     with pytest.raises(InvalidToken):
-        verify_token(payload[:-2] + "xx." + mac, "secret", now=1_000_000_000)
+        verify_token(tampered, "secret", now=1_000_000_000)
     with pytest.raises(InvalidToken, match="malformed"):
         verify_token("garbage", "secret")
 
@@ -203,9 +204,12 @@ def test_stage_table_lists_every_state_of_the_design():
     assert "**Current stage:** Email Sent" in markdown and "<m@x>" not in markdown  # an id for machines, not people
 
 
-def test_placeholder_link_secret_is_refused_in_production(monkeypatch):
+def test_production_needs_an_explicit_link_secret(monkeypatch):
     monkeypatch.setenv("UPSELL_ENVIRONMENT", "production")
-    with pytest.raises(ValidationError, match="UPSELL_LINK_SECRET"):
+    monkeypatch.setenv("UPSELL_PUBLIC_BASE_URL", "https://upsell.example.com")
+    monkeypatch.setenv("UPSELL_SENDER_POSTAL_ADDRESS", "Acme Ltd, 2 Side Street, Springfield")
+    monkeypatch.delenv("UPSELL_LINK_SECRET")  # no generated secret in production: it must be given
+    with pytest.raises(ValidationError, match="UPSELL_LINK_SECRET must be set"):
         UpsellSettings()
-    monkeypatch.setenv("UPSELL_LINK_SECRET", "a-real-secret")
-    assert not UpsellSettings().uses_dev_secret
+    monkeypatch.setenv("UPSELL_LINK_SECRET", "a-real-secret-of-at-least-32-characters")
+    assert UpsellSettings().link_secret.get_secret_value() == "a-real-secret-of-at-least-32-characters"

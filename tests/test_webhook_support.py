@@ -114,6 +114,8 @@ def test_settings_require_signing_unless_dev_flag(monkeypatch):
     monkeypatch.setenv("UPSELL_WEBHOOK_INSECURE_DEV", "true")
     monkeypatch.setenv("UPSELL_ENVIRONMENT", "production")
     monkeypatch.setenv("UPSELL_LINK_SECRET", "a-real-link-secret-for-production")
+    monkeypatch.setenv("UPSELL_PUBLIC_BASE_URL", "https://upsell.example.com")  # production refuses loopback links
+    monkeypatch.setenv("UPSELL_SENDER_POSTAL_ADDRESS", "Acme Ltd, 2 Side Street, Springfield")  # and the placeholder
     with pytest.raises(ValidationError, match="refused when UPSELL_ENVIRONMENT=production"):
         ReceiverSettings()
 

@@ -5,18 +5,32 @@ Integration credentials do not live here: they are Prefect blocks (see `blocks/`
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import os
+import secrets
+import stat
+import threading
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from flows.models import DEFAULT_SEVERITY_LEVELS, AutomationLevel, Severity
 
-_DEV_LINK_SECRET = "development-only-link-secret"  # noqa: S105 - refused outside development
 DEFAULT_METRICS = ["trade_volume", "trade_value", "balance_change"]
 DEFAULT_SEVERITIES = [Severity.HIGH, Severity.CRITICAL]
 DEFAULT_RECEIVER_PORT = 8000
+#: The placeholder of `sender_postal_address`: fine for the demo, refused in production.
+PLACEHOLDER_POSTAL_ADDRESS = "Example Corp, 1 Market Street, San Francisco, CA 94105"
+#: The shortest link secret production accepts (the generated one is 64 characters).
+MIN_LINK_SECRET_CHARS = 32
+#: Where, in the data folder, the generated link secret is kept when UPSELL_LINK_SECRET is not set.
+LINK_SECRET_FILE = "link-secret"
+
+logger = logging.getLogger("upsell")
 
 
 def local_base_url(port: int) -> str:
@@ -27,7 +41,8 @@ def local_base_url(port: int) -> str:
 class UpsellSettings(BaseSettings):
     """Settings of the upsell processes (flow runs, receiver, CLI)."""
 
-    model_config = SettingsConfigDict(env_prefix="UPSELL_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a refused setting is named in the error, never printed (it may be a secret)
+    model_config = SettingsConfigDict(env_prefix="UPSELL_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path(".upsell"), description="Where the local stand-ins keep their files.")
@@ -39,7 +54,11 @@ class UpsellSettings(BaseSettings):
     )
     #: True when `public_base_url` was not given and follows `port` (`with_port` moves it along).
     _base_url_follows_port: bool = PrivateAttr(default=False)
-    link_secret: SecretStr = Field(default=SecretStr(_DEV_LINK_SECRET), description="HMAC key of reply links.")
+    link_secret: SecretStr = Field(
+        default=SecretStr(""),  # not set: see `_link_secret_kept_in_data_dir`
+        description="HMAC key of the reply, approval and unsubscribe links and of the signed Reply-To; when not"
+        " set (development only), a random one generated once and kept in <data_dir>/link-secret.",
+    )
     link_ttl_s: int = Field(default=7 * 86400, gt=0)
     severity_levels: dict[Severity, AutomationLevel] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_LEVELS))
     reply_timeout_s: float = Field(default=86400.0, gt=0, description="How long to wait for the customer.")
@@ -61,7 +80,9 @@ class UpsellSettings(BaseSettings):
     )
     deployment_name: str = "upsell/upsell"
     sender_name: str = "Upsell Team"
-    sender_postal_address: str = "Example Corp, 1 Market Street, San Francisco, CA 94105"
+    sender_postal_address: str = Field(
+        default=PLACEHOLDER_POSTAL_ADDRESS, description="Postal address in every email's footer; set it in production."
+    )
     reply_domain: str = Field(
         default="",
         pattern=r"^([A-Za-z0-9-]+\.)+[A-Za-z]{2,}$|^$",
@@ -96,14 +117,91 @@ class UpsellSettings(BaseSettings):
         return self.model_copy(update=update)
 
     @model_validator(mode="after")
-    def _no_placeholder_secrets_in_production(self) -> UpsellSettings:
-        if self.environment == "production" and self.link_secret.get_secret_value() == _DEV_LINK_SECRET:
-            raise ValueError("UPSELL_LINK_SECRET must be set to a real secret when UPSELL_ENVIRONMENT=production")
+    def _link_secret_kept_in_data_dir(self) -> UpsellSettings:
+        """No public default: without UPSELL_LINK_SECRET, development uses the secret kept in the data folder."""
+        if not self.link_secret.get_secret_value() and self.environment != "production":
+            self.link_secret = _kept_link_secret(self.data_dir)
         return self
 
-    @property
-    def uses_dev_secret(self) -> bool:
-        return self.link_secret.get_secret_value() == _DEV_LINK_SECRET
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> UpsellSettings:
+        """Production runs on explicit values: each refusal names its setting, never the value given."""
+        if self.environment != "production":
+            return self
+        when = "when UPSELL_ENVIRONMENT=production"
+        if len(self.link_secret.get_secret_value()) < MIN_LINK_SECRET_CHARS:
+            raise ValueError(f"UPSELL_LINK_SECRET must be set, at least {MIN_LINK_SECRET_CHARS} characters, {when}")
+        if self.sender_postal_address.strip() in ("", PLACEHOLDER_POSTAL_ADDRESS):
+            raise ValueError(f"UPSELL_SENDER_POSTAL_ADDRESS must be set to the sender's real postal address {when}")
+        if not _is_public_https(self.public_base_url):
+            raise ValueError(f"UPSELL_PUBLIC_BASE_URL must be an https URL of a public host (not loopback) {when}")
+        return self
+
+
+def _is_public_https(url: str) -> bool:
+    """An https URL whose host is not this machine (localhost, a loopback or unspecified address)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme != "https" or not host or host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a name
+    return not (address.is_loopback or address.is_unspecified)
+
+
+#: The link secret read from each data folder by this process (see `_kept_link_secret`).
+_KEPT_SECRETS: dict[Path, str] = {}
+_KEPT_SECRETS_LOCK = threading.Lock()
+
+
+def _kept_link_secret(data_dir: Path) -> SecretStr:
+    """The link secret when UPSELL_LINK_SECRET is not set: generated once per data folder, kept in it (mode 0600),
+    so every process of the machine (flow runs, receiver, CLI) signs and checks links with the same key.
+    (Production never gets here: it must be given the secret.)"""
+    path = (data_dir / LINK_SECRET_FILE).resolve()
+    with _KEPT_SECRETS_LOCK:  # read once per folder and process: settings are built on every step call
+        secret = _KEPT_SECRETS.get(path)
+        if secret is None:
+            secret = _KEPT_SECRETS[path] = _read_or_create_secret(path)
+    return SecretStr(secret)
+
+
+def _read_or_create_secret(path: Path) -> str:
+    """The secret in `path`, created first when absent. Two processes starting together agree: the secret is
+    written to a private temporary file and linked into place, so `path` never exists half-written and the
+    process that loses the race reads the winner's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(48) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
+            os.link(temporary, path)  # fails when another process linked its secret first: that one is kept
+            logger.warning("UPSELL_LINK_SECRET not set: generated a random link secret in %s", path)
+            return _read_secret(path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+    logger.info("UPSELL_LINK_SECRET not set: using the link secret kept in %s", path)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:  # readable by others: repair it, the secret signs every link
+        logger.warning("%s was readable by other users (mode %o); setting it to 0600", path, mode)
+        path.chmod(0o600)
+    secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < MIN_LINK_SECRET_CHARS:
+        raise ValueError(f"{path} holds no usable link secret (under {MIN_LINK_SECRET_CHARS} characters): "
+                         "delete it to have a new one generated, or set UPSELL_LINK_SECRET")
+    return secret
 
 
 def _split(value: object) -> object:
