@@ -22,6 +22,22 @@ class SendOutcomeUnknown(Exception):
     """A send may or may not have reached the provider (timeout after the request went out)."""
 
 
+class IntegrationError(Exception):
+    """A vendor's failure reduced to plain data: the service, the HTTP status (None when there was no answer) and
+    the message. It keeps no request, response, client or headers, so what Prefect persists of a failed step (its
+    exception, pickled) holds no credential; `status_code` is what the retry policy decides on."""
+
+    def __init__(self, service: str, status_code: int | None, message: str) -> None:
+        super().__init__(service, status_code, message)
+        self.service = service
+        self.status_code = status_code
+        self.message = message
+
+    def __str__(self) -> str:
+        answered = f" answered {self.status_code}" if self.status_code is not None else " failed"
+        return f"{self.service}{answered}: {self.message}"
+
+
 class UsageSource(Protocol):
     """Where usage figures come from."""
 
