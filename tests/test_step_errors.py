@@ -4,11 +4,14 @@ status and the API's message; retries still follow the status; our own exception
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
+import importlib
 import json
 import os
 import pickle
+import pkgutil
 import uuid
 from pathlib import Path
 
@@ -16,9 +19,12 @@ import anthropic
 import httpx
 import pytest
 from prefect import task
+from prefect.tasks import Task
 
+import flows
+import tasks
 from blocks.interfaces import IntegrationError, PermanentError, SendOutcomeUnknown
-from tasks.runtime.policy import FETCH_STEP, configured, data_only, is_permanent, step_options
+from tasks.runtime.policy import FETCH_STEP, STEP_KINDS, configured, data_only, is_permanent, step_options
 
 # the steps run on their own here, outside a flow run, whose logs have no run to go to
 pytestmark = pytest.mark.filterwarnings("ignore:Logger 'prefect.task_runs' attempted to send logs:UserWarning")
@@ -115,3 +121,40 @@ def test_reduced_errors_keep_the_retry_decision(status: int, permanent: bool) ->
     connection = data_only(httpx.ConnectError("refused", request=_request()))
     assert isinstance(connection, IntegrationError) and connection.status_code is None
     assert not is_permanent(connection) and API_KEY.encode() not in pickle.dumps(connection)
+
+
+def test_the_flows_call_every_step_through_configured() -> None:
+    """`configured` is where a failure is reduced to data: a step called around it would persist its raw error."""
+    flows_dir = Path(flows.__file__).parent
+    steps: set[str] = set()
+    for module in flows_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tasks"):
+                steps |= {alias.asname or alias.name for alias in node.names}
+    around: list[str] = []
+    for module in flows_dir.glob("*.py"):
+        tree = ast.parse(module.read_text())
+        wrapped = {
+            id(arg)
+            for call in ast.walk(tree)
+            if isinstance(call, ast.Call)
+            and (getattr(call.func, "id", None) == "configured" or getattr(call.func, "attr", None) == "task")
+            for arg in call.args[:1]
+        }
+        around += [
+            f"{module.name}:{node.lineno} {node.id}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Name) and node.id in steps and node.id in _step_objects(STEP_KINDS)
+            and id(node) not in wrapped
+        ]
+    assert _step_objects(STEP_KINDS) & steps  # the check sees the flows' steps
+    assert not around, f"steps used without configured(): {around}"
+
+
+def _step_objects(kinds: dict[str, object]) -> set[str]:
+    """The names the steps are defined under (their task name is the function's name, or set by step_options)."""
+    names: set[str] = set()
+    for info in pkgutil.iter_modules(tasks.__path__):
+        module = importlib.import_module(f"tasks.{info.name}")
+        names |= {name for name, value in vars(module).items() if isinstance(value, Task) and value.name in kinds}
+    return names
