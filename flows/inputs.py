@@ -35,6 +35,8 @@ from tasks.content.email import with_message
 from tasks.runtime.waits import WaitDeadline, deadline_key
 
 R = TypeVar("R", bound=RunInput)
+#: The name of the state Prefect moves a suspended run to when its wait is answered (`resume_flow_run`).
+RESUMED = "Resuming"
 
 
 @dataclass(frozen=True)
@@ -101,14 +103,22 @@ def wait_for_input(request: WaitRequest[R], grace_s: float, poll_s: int) -> R:
 
 
 def already_answered(flow_run_id: UUID, kind: str) -> dict[str, Any] | None:
-    """The answer stored for this wait of the run, or None when nobody answered it.
+    """The answer to this wait of the run, or None when nobody answered it.
 
     A used pause key is not an answer: Prefect keeps the key of every wait that suspended until the run starts
-    over, also when the run was rescheduled while it waited (no answer stored). An empty answer (`{}`, what the
-    `reply-timeouts` sweep sends for `no_reply`) is an answer."""
+    over, also when the run was rescheduled while it waited (crashed, recovered). The answer is the stored
+    response; Prefect stores none for an empty one (what the `reply-timeouts` sweep sends for `no_reply`), so a
+    wait that Prefect resumed (its Suspended state followed by `Resuming`) without a stored response was answered
+    empty."""
     keyset = keyset_from_paused_state(Suspended(pause_key=kind))
     stored = read_flow_run_input(keyset["response"], flow_run_id=flow_run_id)
-    return None if stored is None else cast("dict[str, Any]", stored)
+    if stored is not None:
+        return cast("dict[str, Any]", stored)
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run_id)
+    waits = [i for i, state in enumerate(states) if state.is_paused() and state.state_details.pause_key == kind]
+    after = states[waits[-1] + 1 : waits[-1] + 2] if waits else []
+    return {} if after and after[0].is_scheduled() and after[0].name == RESUMED else None
 
 
 def reopen_wait(flow_run_id: UUID, kind: str) -> None:

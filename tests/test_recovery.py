@@ -249,3 +249,34 @@ def test_a_run_crashed_while_waiting_waits_again_until_answered(runner: Any) -> 
     final = wait_until_final(run_id, timeout_s=90)
     assert final.state is not None and final.state.is_completed() and final.state.name == "Won", final.state
     assert _email_sends(run_id) == 1  # the rerun did not send the email again
+
+
+def test_a_run_recovered_after_its_deadline_waits_until_the_sweep_closes_it(runner: Any) -> None:
+    """A wait that expired while its run was down is not closed by the rerun itself: the run waits again (with only
+    the grace period left) and the reply-timeouts sweep's answer ends it, No reply."""
+    from flows.reply_timeouts import reply_timeouts
+
+    alert = _alert()
+
+    async def trigger() -> UUID:
+        async with get_client() as client:
+            return (await create_upsell_run(client, alert, AutomationLevel.FULL_AUTOMATION, reply_timeout_s=2)).id
+
+    run_id = asyncio.run(trigger())
+    wait_until_paused(run_id, "reply", timeout_s=90)
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run_id, Crashed(message="the serving process was killed"), force=True)
+        recorded = json.loads(client.read_flow_run_input(run_id, deadline_key("reply")))
+    deadline = datetime.fromisoformat(recorded["deadline"])
+    crashed_at = read_run(run_id).state.timestamp  # type: ignore[union-attr]
+    time.sleep(max((deadline - datetime.now(deadline.tzinfo)).total_seconds(), 0) + 0.5)  # down past its deadline
+
+    assert upsell_recovery(backoff_s=0, flow_run_ids=[run_id]) == {str(run_id): "rescheduled"}
+    again = _paused_again(run_id, "reply", after=crashed_at)
+    assert again.state.state_details.pause_timeout is not None
+    left = again.state.state_details.pause_timeout - datetime.now(deadline.tzinfo)
+    assert left <= timedelta(seconds=UpsellSettings().wait_grace_s + 1)  # the deadline kept, not a new timeout
+
+    assert str(run_id) in reply_timeouts(limit=2000)
+    final = wait_until_final(run_id, timeout_s=90)
+    assert final.state is not None and final.state.is_completed() and final.state.name == "No reply", final.state
