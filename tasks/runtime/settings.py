@@ -196,7 +196,10 @@ def _read_secret(path: Path) -> str:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:  # readable by others: repair it, the secret signs every link
         logger.warning("%s was readable by other users (mode %o); setting it to 0600", path, mode)
-        path.chmod(0o600)
+        try:
+            path.chmod(0o600)
+        except OSError as exc:  # not ours to change: the warning above stands, the secret still works
+            logger.warning("could not make %s private: %s", path, exc)
     secret = path.read_text(encoding="utf-8").strip()
     if len(secret) < MIN_LINK_SECRET_CHARS:
         raise ValueError(f"{path} holds no usable link secret (under {MIN_LINK_SECRET_CHARS} characters): "
