@@ -19,9 +19,14 @@ import base64
 import binascii
 import json
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Any
+
+from prefect.exceptions import ObjectNotFound
 
 from flows.api import NotWaitingError, UpsellRequestError
 from flows.models import REPLY_WAITS
@@ -52,6 +57,7 @@ class InboundWorker:
     def __init__(self, settings: ReceiverSettings, store: ReceiverStore, gateway: PrefectGateway) -> None:
         self.settings, self.store, self.gateway = settings, store, gateway
         self._wake = asyncio.Event()
+        self._parser: ProcessPoolExecutor | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -60,16 +66,32 @@ class InboundWorker:
         return asyncio.create_task(self._loop(), name="inbound-worker")
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                await self.work_pending()
-            except Exception:  # never let one bad round stop the worker; the rows stay pending
-                logger.exception("Inbound round failed; retrying")
-            try:
-                await asyncio.wait_for(self._wake.wait(), ROUND_S)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+        try:
+            while True:
+                try:
+                    await self.work_pending()
+                except Exception:  # never let one bad round stop the worker; the rows stay pending
+                    logger.exception("Inbound round failed; retrying")
+                try:
+                    await asyncio.wait_for(self._wake.wait(), ROUND_S)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+        finally:
+            if self._parser is not None:
+                self._parser.shutdown(wait=False, cancel_futures=True)
+
+    async def parse(self, raw: bytes) -> InboundReply | None:
+        """The email read (`parse_reply`) in a process of its own, started at the first email: a 10 MB email holds
+        the interpreter for long single steps (splitting its lines), which a thread would not keep from the event
+        loop. None when the parser died on it."""
+        if self._parser is None:
+            self._parser = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._parser, parse_reply, raw)
+        except BrokenProcessPool:  # a new parser for the next email; this one is recorded as unreadable
+            self._parser = None
+            return None
 
     async def work_pending(self) -> int:
         """Work every pending notification once; the number finished."""
@@ -119,12 +141,14 @@ class InboundWorker:
     async def reply(self, event: dict[str, Any]) -> Done:
         """Resume the run the reply answers, with what the reply means, when the customer wrote it; anything else
         that reached a run's signed address goes to a person, with the reason and the sender; the rest changes
-        nothing. Reading and classifying happen off the event loop (an email may be megabytes)."""
+        nothing. Reading, parsing and classifying happen off the event loop (an email may be megabytes)."""
         receipt = event["receipt"]
         signed = self._signed_address([str(a) for a in receipt.get("recipients", []) or []])
         if signed is None:  # the envelope names no address of ours: To/Cc/threads are the sender's words
             return Done("unmatched", "sent to no signed reply address of ours")
-        reply = await asyncio.to_thread(parse_reply, await asyncio.to_thread(self.raw_email, event))
+        reply = await self.parse(await asyncio.to_thread(self.raw_email, event))
+        if reply is None:
+            return Done("unreadable", "the email could not be parsed", signed.flow_run_id)
         if reply.auto_reply:
             return Done("auto_reply", reply.auto_reply_reason or "an automatic reply", signed.flow_run_id)
         doubt = unverified_because(signed, reply, receipt, event.get("mail", {}),
@@ -162,6 +186,8 @@ class InboundWorker:
             await self.gateway.resume_wait(run_id, REPLY_WAITS[0], answer)
         except (NotWaitingError, UpsellRequestError) as exc:  # a person is reading an earlier reply, or it ended
             return Done("not_waiting", f"{detail}; {exc}", run_id)
+        except ObjectNotFound:  # a signed address of a run since deleted: nothing to answer, ever
+            return Done("not_waiting", f"{detail}; the run no longer exists", run_id)
         return Done("resumed", detail, run_id)
 
     def _signed_address(self, addresses: list[str]) -> SignedReplyAddress | None:
