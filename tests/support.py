@@ -124,3 +124,8 @@ def outbox_email(outbox: Path, event_id: str, kind: str = "offer") -> Path:
 
     secret = get_settings().link_secret.get_secret_value()
     return outbox / f"{idempotency_key(event_id, kind, secret)}.eml"  # type: ignore[arg-type]
+
+
+def outbox_emails(outbox: Path, event_id: str) -> list[Path]:
+    """The event's emails the local outbox holds (the offer, then the follow-up, those that were sent)."""
+    return [path for kind in ("offer", "follow-up") if (path := outbox_email(outbox, event_id, kind)).exists()]

@@ -13,7 +13,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 
 from flows.api import resume_wait, send_customer_reply, trigger_upsell_workflow
 from flows.models import AutomationLevel, UpsellOutcome
-from tests.support import wait_until_final, wait_until_paused
+from tests.support import outbox_emails, wait_until_final, wait_until_paused
 
 
 async def _trigger(event_id: str, level: AutomationLevel, **kw) -> str:
@@ -71,7 +71,7 @@ def test_hybrid_deployment_run_suspends_and_resumes(runner, event_id):
     assert final.state.is_completed() and final.state.name == "Won", final.state  # named for the outcome
     outcome = UpsellOutcome.model_validate(final.state.result())
     assert outcome.reply == "yes" and outcome.meeting is not None
-    assert len(list((runner.data_dir / "outbox").glob(f"{event_id}*.eml"))) == 1
+    assert len(list(outbox_emails(runner.data_dir / "outbox", event_id))) == 1
     # Three segments (start, after the reply, after the review) replay the flow up to their wait; each stage
     # is still one Prefect event, in order, and the artifact gets one version per wait and one at the end.
     stages = ["Started", "Fetching Data", "AI Analysis", "Email Sent", "Slack Posted",

@@ -14,7 +14,7 @@ from flows.api import UpsellRequestError, send_customer_reply, trigger_upsell_wo
 from flows.models import UpsellOutcome, UpsellStatus
 from flows.upsell import upsell
 from tasks.send_email_draft import EMAIL_STEP
-from tests.support import run_answering_reply, task_runs, wait_until_final, wait_until_paused
+from tests.support import outbox_emails, run_answering_reply, task_runs, wait_until_final, wait_until_paused
 from tests.test_flow_levels import alert_for, emails
 
 
@@ -84,7 +84,7 @@ def test_resumed_deployment_run_repeats_no_completed_step(runner, event_id):
     for step in steps:
         assert counts.get(step) == 1, (step, counts)
     assert all(t.state.name == "Completed" for t in task_runs(run_id))  # no step replayed, not even "Cached"
-    assert len(list((runner.data_dir / "outbox").glob(f"{event_id}*.eml"))) == 1
+    assert len(list(outbox_emails(runner.data_dir / "outbox", event_id))) == 1
 
 
 def test_bad_parameters_fail_before_any_side_effect(data_dir):

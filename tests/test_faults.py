@@ -25,7 +25,7 @@ from flows.models import AutomationLevel, UpsellOutcome, UsageAlert
 from flows.recovery import upsell_recovery
 from tasks.runtime.faults import FAULTS_ENV, all_points, kills_at, random_point
 from tests.conftest import Runner
-from tests.support import read_run, resume, wait_until_final, wait_until_paused
+from tests.support import outbox_emails, read_run, resume, wait_until_final, wait_until_paused
 
 
 def _alert() -> UsageAlert:
@@ -119,7 +119,7 @@ def test_a_kill_around_an_outward_call_is_flagged_and_never_repeated(
     assert records[step] == ("unknown", 1)  # claimed once, never claimed again, flagged
     assert all(attempts == 1 for _, attempts in records.values())
     calls = {
-        "eml": len(list((data_dir / "outbox").glob(f"{alert.event_id}*.eml"))),
+        "eml": len(list(outbox_emails(data_dir / "outbox", alert.event_id))),
         "slack.jsonl": _calls(data_dir, "slack.jsonl", alert.account_id),
         "meetings.jsonl": _calls(data_dir, "meetings.jsonl", alert.account_id),
     }
@@ -157,7 +157,7 @@ def test_the_serving_process_killed_mid_run_every_upsell_finishes_once(runner: A
         records = _records(data, alert.event_id)
         assert all(attempts == 1 for _, attempts in records.values()), records
         assert _calls(data, "slack.jsonl", alert.account_id) <= 1
-        assert len(list((data / "outbox").glob(f"{alert.event_id}*.eml"))) == 1
+        assert len(list(outbox_emails(data / "outbox", alert.event_id))) == 1
         unknown = [step for step, (status, _) in records.items() if status == "unknown"]
         assert (outcome.status == "needs_review") == bool(unknown), (outcome, records)
         assert len(outcome.unknown_outcomes) == len(unknown)

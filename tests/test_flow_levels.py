@@ -13,7 +13,7 @@ from blocks.mongo import SqliteOpportunityStore
 from flows.models import AutomationLevel, UpsellOutcome, UpsellStatus, UsageAlert
 from flows.reply_timeouts import reply_timeouts
 from flows.upsell import upsell
-from tests.support import find_run_id, resume, task_runs, wait_until_paused
+from tests.support import find_run_id, outbox_emails, resume, task_runs, wait_until_paused
 
 
 def alert_for(event_id: str, severity: str = "high", account_id: str = "12345") -> UsageAlert:
@@ -36,7 +36,7 @@ def start(pool: ThreadPoolExecutor, alert: UsageAlert, **params) -> tuple[Future
 
 def emails(data_dir: Path, event_id: str) -> list:
     return [
-        BytesParser(policy=policy.default).parse(p.open("rb")) for p in (data_dir / "outbox").glob(f"{event_id}*.eml")
+        BytesParser(policy=policy.default).parse(p.open("rb")) for p in outbox_emails(data_dir / "outbox", event_id)
     ]
 
 

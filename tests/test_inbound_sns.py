@@ -442,7 +442,8 @@ def test_default_subscribe_url_rule(url, allowed, tmp_path):
 
 def test_the_tests_only_overrides_are_refused_in_production(tmp_path):
     production = {"webhook_secrets": [SECRET], "data_dir": tmp_path, "environment": "production",
-                  "link_secret": "a-real-production-link-secret-0123"}
+                  "link_secret": "a-real-production-link-secret-0123", "public_base_url": "https://upsell.example.com",
+                  "sender_postal_address": "Acme Ltd, 1 Main Street, Springfield"}
     with pytest.raises(ValidationError, match="SNS_CERT_HOST_PATTERN"):
         ReceiverSettings(**production, sns_cert_host_pattern=r"127\.0\.0\.1")
     with pytest.raises(ValidationError, match="SNS_TRUST_STORE"):

@@ -28,7 +28,7 @@ from webhook.gateway import PrefectGateway
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
 
-TOKEN_RE = re.compile(r"https?://\S+?/(links|unsubscribe)/([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)")
+TOKEN_RE = re.compile(r"https?://\S+?/(links|unsubscribe)/([A-Za-z0-9_-]+)")
 
 
 @pytest.fixture(scope="module")
