@@ -1,4 +1,4 @@
-"""The funnel report outside the receiver: `load_report` reads the receiver's alert counts and the logged
+"""The funnel report outside the receiver: `load_report` reads the receiver's alerts and the logged
 opportunities, and `report_command` is `upsell report`.
 
 The report reads the receiver's SQLite file, so it runs where the receiver keeps it (`upsell up` and
@@ -40,11 +40,11 @@ def load_report(since: date | None) -> FunnelReport:
     if settings.receiver_db_path.exists():
         receiver = ReceiverStore(settings.receiver_db_path)
         try:
-            alert_weeks = receiver.alerts_per_week(start)
+            alerts = receiver.alert_events(start)
         finally:
             receiver.close()
     else:  # no receiver ran with this data folder: the upsells are still counted, the alerts cannot be
-        alert_weeks = []
+        alerts = []
         notes.append(f"No receiver file at {settings.receiver_db_path}: alerts and qualified are not counted "
                      "(set UPSELL_RECEIVER_DB or UPSELL_DATA_DIR to the receiver's).")
     store = resolve("store", settings).client
@@ -52,7 +52,7 @@ def load_report(since: date | None) -> FunnelReport:
         opportunities = store.opportunities_since(start)
     finally:
         store.close()
-    return build_report(alert_weeks, opportunities, since=since, notes=notes)
+    return build_report(alerts, opportunities, since=since, notes=notes)
 
 
 def render_report(since: date | None = None) -> str:

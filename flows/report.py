@@ -1,8 +1,13 @@
 """The funnel report of upsells: alerts in, qualified, emailed, the customers' answers, meetings and pipeline value,
 by ISO week, by playbook and by A/B variant, with each variant's rates and a test between the variants of a playbook.
 
-Pure: the callers read the receiver's alert counts and the logged opportunities and hand them in; the renderers
-here write the report for a terminal and as Markdown (a Prefect artifact). The receiver draws it as an HTML page.
+Pure: the callers read the receiver's alerts and the logged opportunities and hand them in; the renderers here
+write the report for a terminal and as Markdown (a Prefect artifact). The receiver draws it as an HTML page.
+
+Every upsell that ends logs its record, whatever its ending (rejected, withheld, bounced, ...), so the funnel counts
+what happened. Each stage is counted over the events of the stage above it, one event id once: an upsell logged for
+an alert the receiver never saw (triggered from the CLI or the Python API) is an alert, and a qualified one, too.
+So no stage can exceed the one above it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from flows.models import CustomerReply, Opportunity
+from flows.models import CustomerReply, Opportunity, UpsellStatus
 
 #: ISO weeks covered when no start is given: the current week and the eleven before it.
 DEFAULT_WEEKS = 12
@@ -34,17 +39,18 @@ Metric = Literal["yes", "meeting"]
 METRIC_NAMES: dict[Metric, str] = {"yes": "yes-rate", "meeting": "meeting-rate"}
 
 
-class AlertWeek(BaseModel):
-    """The alerts the receiver took in during one ISO week, and how many of them qualified."""
+class AlertEvent(BaseModel):
+    """An alert the receiver took in: its event id, when it arrived, and whether it qualified for an upsell."""
 
-    week: str = Field(description="ISO week, e.g. 2026-W03.")
-    alerts: int = 0
-    qualified: int = 0
+    event_id: str
+    received_at: datetime
+    qualified: bool
 
 
 class Funnel(BaseModel):
-    """One slice of the logged upsells: how many were emailed, what the emailed customers answered, the meetings
-    booked with them, and the pipeline (the estimated value of the upsells answered yes)."""
+    """One slice of the logged upsells: how many were emailed, what the emailed customers answered (each emailed
+    upsell counts once: yes, no, maybe or no answer), the meetings booked with them, and the pipeline (the estimated
+    value of the upsells answered yes that a reviewer did not reject)."""
 
     opportunities: int = 0
     emailed: int = 0
@@ -110,6 +116,10 @@ class FunnelReport(BaseModel):
     since: date | None
     alerts: int
     qualified: int
+    alerts_elsewhere: int = Field(
+        default=0, description="Of the alerts, those the receiver never saw: upsells triggered from the CLI or the "
+        "Python API (counted from their logged record).",
+    )
     total: Funnel
     weeks: list[WeekRow]
     playbooks: list[PlaybookRow]
@@ -173,7 +183,8 @@ def count_funnel(opportunities: Iterable[Opportunity]) -> Funnel:
         maybe=answers[CustomerReply.MAYBE],
         no_reply=answers[CustomerReply.NO_REPLY],
         meetings=sum(1 for o in emailed if o.meeting_join_url is not None),
-        pipeline_value=sum(o.estimated_value for o in emailed if o.reply == CustomerReply.YES),
+        pipeline_value=sum(o.estimated_value for o in emailed
+                           if o.reply == CustomerReply.YES and o.status is not UpsellStatus.REJECTED),
     )
 
 
@@ -269,39 +280,64 @@ def variant_row(playbook: str, variant: str, opportunities: Sequence[Opportunity
     )
 
 
-def week_rows(
-    alert_weeks: Iterable[AlertWeek], opportunities: Sequence[Opportunity], now: datetime
-) -> list[WeekRow]:
+@dataclass(frozen=True)
+class Event:
+    """One event id of the period: the week it counts in, whether it qualified, and its logged upsell if any."""
+
+    week: str
+    qualified: bool
+    upsell: Opportunity | None = None
+    elsewhere: bool = False
+
+
+def merge_events(alerts: Iterable[AlertEvent], upsells: Sequence[Opportunity], start: datetime | None) -> list[Event]:
+    """The events of the period, one per event id: the receiver's alerts and the logged upsells joined on the event
+    id. An upsell counts in the week its alert occurred and makes its event qualified; an upsell the receiver never
+    saw (the CLI, the Python API) is an alert of its own. So qualified <= alerts and logged <= qualified, per week."""
+    received = {a.event_id: a for a in alerts if start is None or as_utc(a.received_at) >= start}
+    events = [Event(iso_week(counted_at(o)), True, o, o.event_id not in received) for o in upsells]
+    logged = {o.event_id for o in upsells}
+    events += [Event(iso_week(a.received_at), a.qualified) for a in received.values() if a.event_id not in logged]
+    return events
+
+
+def week_rows(events: Sequence[Event], now: datetime) -> list[WeekRow]:
     """One row per ISO week from the first with data to the current one: a quiet week shows, as zeros."""
-    alerts = {w.week: w for w in alert_weeks}
-    grouped: dict[str, list[Opportunity]] = defaultdict(list)
-    for opportunity in opportunities:
-        grouped[iso_week(counted_at(opportunity))].append(opportunity)
-    mondays = sorted(week_monday(week) for week in set(alerts) | set(grouped))
+    grouped: dict[str, list[Event]] = defaultdict(list)
+    for event in events:
+        grouped[event.week].append(event)
+    mondays = sorted(week_monday(week) for week in grouped)
     if not mondays:
         return []
     rows, monday = [], mondays[0]
     while monday <= max(mondays[-1], week_monday(iso_week(now))):
         week = iso_week(monday)
-        counts = alerts.get(week, AlertWeek(week=week))
-        rows.append(WeekRow(**count_funnel(grouped[week]).model_dump(), week=week, alerts=counts.alerts,
-                            qualified=counts.qualified))
+        these = grouped[week]
+        upsells = [e.upsell for e in these if e.upsell is not None]
+        rows.append(WeekRow(**count_funnel(upsells).model_dump(), week=week, alerts=len(these),
+                            qualified=sum(1 for e in these if e.qualified)))
         monday += timedelta(days=7)
     return rows
 
 
 def build_report(
-    alert_weeks: Iterable[AlertWeek],
+    alerts: Iterable[AlertEvent],
     opportunities: Iterable[Opportunity],
     *,
     since: date | None,
     now: datetime | None = None,
     notes: Sequence[str] = (),
 ) -> FunnelReport:
-    """The funnel report of the alerts and upsells from `since` on (an upsell counts from when its alert occurred)."""
+    """The funnel report of the alerts and upsells from `since` on (an upsell counts from when its alert occurred;
+    an alert the receiver took in, from when it arrived)."""
     start, now = start_of(since), as_utc(now or datetime.now(UTC))
-    counted = sorted((o for o in opportunities if start is None or counted_at(o) >= start), key=counted_at)
-    weeks = week_rows(alert_weeks, counted, now)
+    latest: dict[str, Opportunity] = {}
+    for opportunity in opportunities:  # one record per event id (a store keys them so; a second would count twice)
+        if start is None or counted_at(opportunity) >= start:
+            latest[opportunity.event_id] = opportunity
+    counted = sorted(latest.values(), key=counted_at)
+    events = merge_events(alerts, counted, start)
+    weeks = week_rows(events, now)
     by_playbook: dict[str, list[Opportunity]] = defaultdict(list)
     by_variant: dict[tuple[str, str], list[Opportunity]] = defaultdict(list)
     for opportunity in counted:
@@ -311,16 +347,26 @@ def build_report(
     return FunnelReport(
         generated_at=now,
         since=since,
-        alerts=sum(w.alerts for w in weeks),
-        qualified=sum(w.qualified for w in weeks),
+        alerts=len(events),
+        qualified=sum(1 for e in events if e.qualified),
+        alerts_elsewhere=sum(1 for e in events if e.elsewhere),
         total=count_funnel(counted),
         weeks=weeks,
         playbooks=[PlaybookRow(**count_funnel(rows).model_dump(), playbook=name)
                    for name, rows in sorted(by_playbook.items())],
         variants=variants,
         tests=variant_tests(variants),
-        notes=list(notes),
+        notes=[*notes, *elsewhere_note(events)],
     )
+
+
+def elsewhere_note(events: Sequence[Event]) -> list[str]:
+    """The sentence saying how many alerts came from outside the receiver (none when all came through it)."""
+    count = sum(1 for e in events if e.elsewhere)
+    if not count:
+        return []
+    return [f"{count} of the alerts were triggered outside the receiver (the CLI or the Python API): each is counted "
+            "from its logged upsell."]
 
 
 # ---- presentation, shared by the renderers (here and the receiver's page) ----

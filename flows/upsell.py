@@ -336,7 +336,7 @@ class UpsellRun:
         self,
         status: UpsellStatus,
         planned: PlanResult,
-        email: EmailResult,
+        email: EmailResult | None,
         reply: CustomerReply,
         *,
         value: float | None = None,
@@ -356,7 +356,7 @@ class UpsellRun:
             estimated_value=planned.plan.estimated_value if value is None else value,
             planner=planned.planner,
             reply=reply,
-            email_message_id=email.message_id,
+            email_message_id=email.message_id if email else None,
             meeting_join_url=meeting.join_url if meeting else None,
             reviewer_note=note,
             flow_run_id=str(flow_run.get_id()),
@@ -388,6 +388,12 @@ class UpsellRun:
         note: str = "",
     ) -> UpsellOutcome:
         """Reach `Completed` and return what the run reached (`opportunity_id`: the opportunity it logged, if any)."""
+        if status is UpsellStatus.REJECTED and opportunity_id is None:
+            # a rejected upsell is logged too, with the email and the answer it had: the funnel report counts every
+            # upsell that ended, whatever its ending (an email sent and an answer given happened all the same)
+            record = self.opportunity(status, planned, email, reply or CustomerReply.NO_REPLY, note=note,
+                                      meeting=meeting)
+            opportunity_id = self.task(log_opportunity)(record)
         outcome = UpsellOutcome(
             status=status,
             event_id=self.alert.event_id,

@@ -79,8 +79,9 @@ def test_hybrid_rejection_ends_completed_with_status_rejected(pool, data_dir, ev
     wait_until_paused(run_id, "review")
     resume(run_id, "review", {"approved": False, "estimated_value": 0, "note": "not now"})
     outcome = future.result(timeout=60)
-    assert outcome.status is UpsellStatus.REJECTED and outcome.meeting is None and outcome.opportunity_id is None
-    assert SqliteOpportunityStore(data_dir / "upsell.db").get_opportunity(event_id) is None
+    assert outcome.status is UpsellStatus.REJECTED and outcome.meeting is None and outcome.opportunity_id is not None
+    logged = SqliteOpportunityStore(data_dir / "upsell.db").get_opportunity(event_id)  # logged, for the report
+    assert logged.status is UpsellStatus.REJECTED and logged.reply == "yes" and logged.email_message_id is not None
 
 
 def test_human_intervention_approves_each_outward_step_with_edited_email(pool, data_dir, event_id):

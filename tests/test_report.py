@@ -31,7 +31,7 @@ from deployments.report import report_command
 from deployments.report_job import ARTIFACT_KEY, upsell_report
 from flows.models import AutomationLevel, CustomerReply, Opportunity, UpsellStatus
 from flows.report import (
-    AlertWeek,
+    AlertEvent,
     Funnel,
     FunnelReport,
     build_report,
@@ -90,36 +90,48 @@ def known_upsells(start: datetime) -> list[Opportunity]:
     ]
 
 
-#: (days after the start, qualified) of each alert received; one before the period.
-KNOWN_ALERTS = [(1, True)] * 3 + [(1, False)] * 2 + [(8, True)] * 2 + [(8, False)] * 2 + [(-10, True)]
+#: (days after the start, qualified) of each alert received that logged no upsell; one before the period.
+KNOWN_ALERTS = [(1, True)] + [(1, False)] * 2 + [(8, False)] * 2 + [(-10, True)]
+#: The playbook of the known upsell triggered from the CLI: the receiver never saw its alert.
+FROM_THE_CLI = "default"
 
 
-def seed_alerts(path: Path, start: datetime, alerts: Sequence[tuple[float, bool]]) -> None:
-    """Alerts in the receiver's file, each received `days` after `start` (the store writes now; moved here)."""
+def known_alerts(start: datetime, upsells: Sequence[Opportunity],
+                 alerts: Sequence[tuple[float, bool]] = KNOWN_ALERTS) -> list[AlertEvent]:
+    """The receiver's alerts: one per upsell (received 5 minutes after it occurred) but the CLI's, and `alerts`
+    (days after `start`, qualified) of alerts that logged no upsell."""
+    events = [AlertEvent(event_id=o.event_id, received_at=o.occurred_at + timedelta(minutes=5), qualified=True)
+              for o in upsells if o.playbook != FROM_THE_CLI and o.occurred_at is not None]
+    return events + [AlertEvent(event_id=f"evt-{uuid.uuid4().hex[:12]}", qualified=qualified,
+                                received_at=start + timedelta(days=days, hours=10)) for days, qualified in alerts]
+
+
+def seed_alerts(path: Path, alerts: Sequence[AlertEvent]) -> None:
+    """Alerts in the receiver's file, each received when it says (the store writes now; moved there)."""
     receiver = ReceiverStore(path)
-    received = {}
     try:
-        for days, qualified in alerts:
-            event_id = f"evt-{uuid.uuid4().hex[:12]}"
-            receiver.insert_alert(event_id=event_id, account_id="acct-report", payload="{}", automation_level=None,
-                                  qualified=qualified, status="triggered" if qualified else "not_qualified")
-            received[event_id] = (start + timedelta(days=days, hours=10)).isoformat()
+        for alert in alerts:
+            receiver.insert_alert(event_id=alert.event_id, account_id="acct-report", payload="{}",
+                                  automation_level=None, qualified=alert.qualified,
+                                  status="triggered" if alert.qualified else "not_qualified")
     finally:
         receiver.close()
     with sqlite3.connect(path) as db:
-        db.executemany("UPDATE alerts SET received_at=? WHERE event_id=?", [(t, e) for e, t in received.items()])
+        db.executemany("UPDATE alerts SET received_at=? WHERE event_id=?",
+                       [(a.received_at.isoformat(), a.event_id) for a in alerts])
 
 
 def seed(data_dir: Path, start: datetime, upsells: Sequence[Opportunity] | None = None,
          alerts: Sequence[tuple[float, bool]] = KNOWN_ALERTS) -> None:
     """The known outcomes where the stand-in store (`<data_dir>/upsell.db`) and the receiver keep them."""
+    upsells = known_upsells(start) if upsells is None else upsells
     store = SqliteOpportunityStore(data_dir / "upsell.db")
     try:
-        for opportunity in known_upsells(start) if upsells is None else upsells:
+        for opportunity in upsells:
             store.upsert_opportunity(opportunity)
     finally:
         store.close()
-    seed_alerts(data_dir / "receiver.db", start, alerts)
+    seed_alerts(data_dir / "receiver.db", known_alerts(start, upsells, alerts))
 
 
 def recent_start() -> datetime:
@@ -133,15 +145,15 @@ TOTAL = Funnel(opportunities=9, emailed=7, yes=3, no=2, maybe=1, no_reply=1, mee
 
 def check_known_numbers(report: FunnelReport, start: datetime) -> None:
     """The funnel of `known_upsells(start)` and `KNOWN_ALERTS`, counted by hand."""
-    assert (report.alerts, report.qualified) == (9, 5)
+    assert (report.alerts, report.qualified, report.alerts_elsewhere) == (14, 10, 1)
     assert Funnel.model_validate(report.total.model_dump()) == TOTAL
     first, second = report.weeks[0], report.weeks[1]
     assert (first.week, second.week) == (iso_week(start), iso_week(start + timedelta(days=7)))
     assert first.model_dump(exclude={"week"}) == {
-        "alerts": 5, "qualified": 3, "opportunities": 5, "emailed": 3, "yes": 1, "no": 2, "maybe": 0, "no_reply": 0,
+        "alerts": 8, "qualified": 6, "opportunities": 5, "emailed": 3, "yes": 1, "no": 2, "maybe": 0, "no_reply": 0,
         "meetings": 1, "pipeline_value": 1000.0}
     assert second.model_dump(exclude={"week"}) == {
-        "alerts": 4, "qualified": 2, "opportunities": 4, "emailed": 4, "yes": 2, "no": 0, "maybe": 1, "no_reply": 1,
+        "alerts": 6, "qualified": 4, "opportunities": 4, "emailed": 4, "yes": 2, "no": 0, "maybe": 1, "no_reply": 1,
         "meetings": 1, "pipeline_value": 2500.0}
     assert all(w.opportunities == w.alerts == 0 for w in report.weeks[2:])  # quiet weeks up to now show as zeros
     playbooks = {p.playbook: (p.opportunities, p.emailed, p.yes, p.pipeline_value) for p in report.playbooks}
@@ -166,7 +178,7 @@ def test_the_funnel_counts_known_outcomes_read_from_the_stores(tmp_path: Path) -
     seed(tmp_path, start)
     receiver, store = ReceiverStore(tmp_path / "receiver.db"), SqliteOpportunityStore(tmp_path / "upsell.db")
     try:
-        report = build_report(receiver.alerts_per_week(start), store.opportunities_since(start), since=start.date(),
+        report = build_report(receiver.alert_events(start), store.opportunities_since(start), since=start.date(),
                               now=datetime(2026, 1, 21, 12, tzinfo=UTC))
     finally:
         receiver.close()
@@ -175,17 +187,18 @@ def test_the_funnel_counts_known_outcomes_read_from_the_stores(tmp_path: Path) -
     assert [w.week for w in report.weeks] == ["2026-W02", "2026-W03", "2026-W04"]  # through the current week
 
 
-def test_alert_weeks_group_by_iso_week_across_a_new_year(tmp_path: Path) -> None:
+def test_alerts_group_by_iso_week_across_a_new_year(tmp_path: Path) -> None:
     start = datetime(2025, 12, 29, tzinfo=UTC)  # Monday of ISO week 2026-W01, which starts in 2025
-    seed_alerts(tmp_path / "receiver.db", start, [(0, True), (3, False), (6, True), (7, True)])
+    alerts = known_alerts(start, [], [(0, True), (3, False), (6, True), (7, True)])
+    seed_alerts(tmp_path / "receiver.db", alerts)
     receiver = ReceiverStore(tmp_path / "receiver.db")
     try:
-        assert receiver.alerts_per_week(None) == [AlertWeek(week="2026-W01", alerts=3, qualified=2),
-                                                   AlertWeek(week="2026-W02", alerts=1, qualified=1)]
-        assert receiver.alerts_per_week(start + timedelta(days=5)) == [
-            AlertWeek(week="2026-W01", alerts=1, qualified=1), AlertWeek(week="2026-W02", alerts=1, qualified=1)]
+        assert receiver.alert_events(None) == alerts
+        assert receiver.alert_events(start + timedelta(days=5)) == alerts[2:]
+        weeks = build_report(receiver.alert_events(None), [], since=None, now=start + timedelta(days=8)).weeks
     finally:
         receiver.close()
+    assert [(w.week, w.alerts, w.qualified) for w in weeks] == [("2026-W01", 3, 2), ("2026-W02", 1, 1)]
 
 
 def test_default_period_is_the_last_twelve_iso_weeks() -> None:
@@ -257,15 +270,16 @@ def test_three_variants_are_compared_pairwise_at_a_stricter_level() -> None:
 
 def test_text_and_markdown_renderings(tmp_path: Path) -> None:
     start = datetime(2026, 1, 5, tzinfo=UTC)
-    report = build_report([AlertWeek(week="2026-W02", alerts=9, qualified=5)], known_upsells(start),
-                          since=start.date(), now=datetime(2026, 1, 14, tzinfo=UTC))
+    upsells = known_upsells(start)
+    report = build_report(known_alerts(start, upsells), upsells, since=start.date(),
+                          now=datetime(2026, 1, 14, tzinfo=UTC))
     text = render_text(report)
     assert re.search(r"^  Emailed\s+7  78% of upsells logged$", text, re.M)
     assert re.search(r"^  Pipeline\s+\$3,500 ", text, re.M)
     assert re.search(r"^growth\s+A\s+5\s+40\.0% \[11\.8%, 76\.9%\] \(2/5\)", text, re.M)
     markdown = render_markdown(report)
     assert "| Emailed | 7 | 78% of upsells logged |" in markdown
-    assert "| 2026-W02 | 9 | 5 | 5 | 3 | 1 | 2 | 0 | 0 | 1 | $1,000 |" in markdown
+    assert "| 2026-W02 | 8 | 6 | 5 | 3 | 1 | 2 | 0 | 0 | 1 | $1,000 |" in markdown
     # a stored name is shown as written, never as markup
     assert "\\<img src=x onerror=alert(1)\\>" in markdown and "<img" not in markdown.replace("\\<img", "")
 
@@ -368,7 +382,7 @@ def test_report_command_prints_the_table_and_the_json(data_dir: Path) -> None:
     text = CliRunner().invoke(cli(), ["--since", "2026-01-05"])
     assert text.exit_code == 0, text.output
     assert text.output.startswith("Upsell funnel, since 2026-01-05")
-    assert re.search(r"^  Alerts\s+9$", text.output, re.M) and re.search(r"^  Meetings\s+2  29% of emailed$",
+    assert re.search(r"^  Alerts\s+14$", text.output, re.M) and re.search(r"^  Meetings\s+2  29% of emailed$",
                                                                             text.output, re.M)
     assert "Too small to call a winner: A has 5 emailed" in text.output
 
@@ -406,7 +420,7 @@ def test_weekly_flow_publishes_the_funnel_artifact(data_dir: Path) -> None:
                                     "pipeline $3,500")
     markdown = str(artifact.data)
     assert markdown.startswith("# Upsell funnel") and "| Emailed | 7 | 78% of upsells logged |" in markdown
-    assert f"| {iso_week(start)} | 5 | 3 | 5 | 3 | 1 | 2 | 0 | 0 | 1 | $1,000 |" in markdown
+    assert f"| {iso_week(start)} | 8 | 6 | 5 | 3 | 1 | 2 | 0 | 0 | 1 | $1,000 |" in markdown
     assert "Too small to call a winner: A has 5 emailed" in markdown
 
     # by default the last 12 ISO weeks: the two upsells of the weeks before the start count too

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.report import AlertWeek, as_utc, iso_week
+from flows.report import AlertEvent, as_utc
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -187,22 +187,17 @@ class ReceiverStore:
             )
         return cursor.rowcount
 
-    def alerts_per_week(self, since: datetime | None = None) -> list[AlertWeek]:
-        """The alerts received at or after `since` (all when None) per ISO week (UTC), with how many qualified;
-        oldest week first, weeks without alerts left out."""
-        query = "SELECT substr(received_at, 1, 10), COUNT(*), SUM(qualified) FROM alerts"
+    def alert_events(self, since: datetime | None = None) -> list[AlertEvent]:
+        """The alerts received at or after `since` (all when None), oldest first: event id, when, and whether it
+        qualified (the funnel report joins them with the logged upsells on the event id)."""
+        query = "SELECT event_id, received_at, qualified FROM alerts"
         args: tuple[str, ...] = ()
         if since is not None:  # received_at is written in UTC (`_now`): ISO texts compare as the times do
             query, args = query + " WHERE received_at >= ?", (as_utc(since).isoformat(),)
         with self._lock:
-            days = self._db.execute(query + " GROUP BY 1 ORDER BY 1", args).fetchall()
-        weeks: dict[str, AlertWeek] = {}
-        for day, alerts, qualified in days:
-            name = iso_week(date.fromisoformat(day))
-            week = weeks.setdefault(name, AlertWeek(week=name))
-            week.alerts += alerts
-            week.qualified += qualified
-        return list(weeks.values())
+            rows = self._db.execute(query + " ORDER BY received_at", args).fetchall()
+        return [AlertEvent(event_id=event_id, received_at=datetime.fromisoformat(received_at), qualified=bool(ok))
+                for event_id, received_at, ok in rows]
 
     # ---- unsubscribes ----
 

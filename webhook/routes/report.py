@@ -28,5 +28,5 @@ def funnel_report(store: StoreDep, opportunities: OpportunityStoreDep, since: da
     except Exception as exc:  # answered as unavailable on purpose: the store is away, the receiver is fine
         logger.warning("Funnel report: the opportunity store could not be read (%s: %s)", type(exc).__name__, exc)
         raise Refused(503, "store_unavailable", "The opportunity store could not be read. Try again later.") from exc
-    report = build_report(store.alerts_per_week(start_of(first_day)), logged, since=first_day)
+    report = build_report(store.alert_events(start_of(first_day)), logged, since=first_day)
     return report_page(report)
