@@ -13,14 +13,33 @@ from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
+from typer.core import TyperGroup
 
 from deployments.report import render_report, report_command
 
 if TYPE_CHECKING:
     from deployments.stack import Stack
 
+#: ctx.meta key: True when the command line only asks for a command's help (no Prefect API needed for that).
+ONLY_HELP = "upsell.only_help"
+#: Commands that need no Prefect API (they read files) or start their own server when there is none.
+NO_API_COMMANDS = frozenset({"up", "demo", "playbooks", "inbound"})
+NO_API = "No Prefect API: start the stack with `upsell up`, or set PREFECT_API_URL"
+
+
+class UpsellGroup(TyperGroup):
+    """The `upsell` group: notes whether a subcommand is only asked for its help, which the group callback (run
+    before the subcommand reads its options) needs to know."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:  # typer's own click types: private to it
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta[ONLY_HELP] = "--help" in rest or (isinstance(command, TyperGroup) and not rest)
+        return name, command, rest
+
+
 app = typer.Typer(
     name="upsell",
+    cls=UpsellGroup,
     help="Upsell: turn usage alerts into sales opportunities, on Prefect 3.",
     no_args_is_help=True,
     add_completion=False,
@@ -40,6 +59,70 @@ def _dev_secret_file(data_dir: Path) -> Path:
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
+
+
+@app.callback()
+def use_the_stack(ctx: typer.Context) -> None:
+    """Upsell: turn usage alerts into sales opportunities, on Prefect 3."""
+    if ctx.invoked_subcommand in NO_API_COMMANDS or ctx.meta.get(ONLY_HELP):
+        return
+    import sys
+
+    if "prefect" not in sys.modules:  # before Prefect reads its settings: never a throwaway server of its own
+        os.environ["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+        PREFECT_UI_URL,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    updates: dict[Any, Any] = {PREFECT_SERVER_ALLOW_EPHEMERAL_MODE: False}
+    if not PREFECT_API_URL.value():
+        api_url, ui_url = stack_api()
+        updates[PREFECT_API_URL] = api_url
+        if get_current_settings().ui_url is None:  # PREFECT_UI_URL not set: the stack's UI
+            updates[PREFECT_UI_URL] = ui_url
+    else:
+        configured = PREFECT_API_URL.value()
+        if not api_reachable(configured):
+            raise _fail(f"PREFECT_API_URL={configured} does not answer: start its server, or unset it to use the "
+                        "stack `upsell up` records")  # fmt: skip
+    ctx.with_resource(temporary_settings(updates=updates))
+
+
+def stack_api() -> tuple[str, str]:
+    """The Prefect API and UI of the stack `upsell up` recorded in this data folder, if its server answers."""
+    from deployments.stack import api_is_up, read_stack_record, stack_file
+
+    data_dir = settings_data_dir()
+    record = read_stack_record(data_dir)
+    if record is None:
+        raise _fail(NO_API)
+    if not api_is_up(record.prefect_api_url):
+        raise _fail(f"the stack recorded in {stack_file(data_dir)} is gone (its Prefect API {record.prefect_api_url}"
+                    " does not answer): start it with `upsell up`, or set PREFECT_API_URL")  # fmt: skip
+    return record.prefect_api_url, record.ui_url
+
+
+def settings_data_dir() -> Path:
+    """The data folder as the settings read it (UPSELL_DATA_DIR), without building them all: that would keep a
+    development link secret there, and refuse a production configuration a command may not need."""
+    from tasks.runtime.settings import UpsellSettings
+
+    return Path(os.environ.get("UPSELL_DATA_DIR") or UpsellSettings.model_fields["data_dir"].default)
+
+
+def api_reachable(api_url: str) -> bool:
+    """True when something answers at `api_url` (any HTTP answer: Prefect Cloud may want a key for /health)."""
+    import httpx
+
+    try:
+        httpx.get(f"{api_url.rstrip('/')}/health", timeout=5)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 @app.command()
@@ -151,11 +234,19 @@ def _wait_for_receiver(stack: Stack, receiver: str, timeout_s: float = 60) -> No
     raise TimeoutError("the receiver did not answer /healthz")
 
 
-def _up_banner(api_url: str, own_server: bool, receiver: str, links: str, log_dir: Path, secret: str) -> str:
-    """What `upsell up` prints once everything answers: where things are and a signed alert to try."""
+def ui_url_of(api_url: str) -> str:
+    """The Prefect UI of a Prefect server's API (served at the root of the same address)."""
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def _up_banner(
+    api_url: str, own_server: bool, receiver: str, links: str, log_dir: Path, secret: str, recorded: Path
+) -> str:
+    """What `upsell up` prints once everything answers: where things are, how another shell reaches them, and a
+    signed alert to try."""
     from tasks.runtime.signing import sign
 
-    ui_url = api_url.rstrip("/").removesuffix("/api")
+    ui_url = ui_url_of(api_url)
     body = json.dumps(
         {
             "event_id": f"curl-{int(time.time())}",
@@ -176,6 +267,9 @@ Links sent      {links}   (in the emails and Slack messages; set UPSELL_PUBLIC_B
 Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-recovery (every minute),
                 upsell-backfill (daily)
 Logs            {log_dir}/
+
+Recorded in {recorded}: the `upsell` commands of this data folder use this stack. From elsewhere:
+  export PREFECT_API_URL={api_url}
 
 Send the seed alert (signature valid for 5 minutes):
   curl -sS -X POST {receiver}/alerts -H 'Content-Type: application/json' {signature}--data '{body}'
@@ -199,12 +293,15 @@ def up(
 
     from deployments.stack import (
         Stack,
+        StackRecord,
         base_env,
         ensure_prefect_server,
         interrupted_by_stop_signals,
         port_is_free,
+        remove_stack_record,
         start_runner,
         wait_for_deployments,
+        write_stack_record,
     )
     from tasks.runtime.settings import get_settings
 
@@ -228,7 +325,10 @@ def up(
             receiver = f"http://127.0.0.1:{port}"
             _wait_for_receiver(stack, receiver)
             links = settings.with_port(port).public_base_url
-            typer.echo(_up_banner(api_url, own_server, receiver, links, stack.log_dir, secret))
+            record = StackRecord(prefect_api_url=api_url, ui_url=ui_url_of(api_url), receiver_url=receiver,
+                                 pid=os.getpid())  # fmt: skip
+            recorded = write_stack_record(settings.data_dir, record).resolve()
+            typer.echo(_up_banner(api_url, own_server, receiver, links, stack.log_dir, secret, recorded))
             while all(process.poll() is None for _name, process in stack.processes):
                 time.sleep(1)
             dead = [name for name, process in stack.processes if process.poll() is not None]
@@ -238,6 +338,7 @@ def up(
         except (RuntimeError, TimeoutError) as exc:
             raise _fail(str(exc)) from exc
         finally:
+            remove_stack_record(settings.data_dir, os.getpid())  # first: the commands stop using it
             stack.stop()
     typer.echo("Stopped every process started by `upsell up`.")
 
@@ -550,9 +651,13 @@ def backfill(
 
     from pydantic import ValidationError
 
+    from deployments.stack import read_stack_record
     from tasks.backfill_alerts import scan_usage_alerts, submit_alert
     from tasks.runtime.settings import get_settings
 
+    stack = read_stack_record(settings_data_dir())
+    if stack and not {"UPSELL_PUBLIC_BASE_URL", "UPSELL_PORT"} & set(os.environ):
+        os.environ["UPSELL_PUBLIC_BASE_URL"] = stack.receiver_url  # the receiver `upsell up` started
     secret_file = _dev_secret_file(get_settings().data_dir)
     if not os.environ.get("UPSELL_WEBHOOK_SECRETS") and secret_file.exists():
         os.environ["UPSELL_WEBHOOK_SECRETS"] = secret_file.read_text().strip()  # the receiver `upsell up` started

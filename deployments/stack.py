@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 DEFAULT_PREFECT_PORT = 4200
 #: How long one process of the stack gets to stop after SIGTERM before it is killed.
@@ -33,6 +34,45 @@ def api_is_up(api_url: str, timeout_s: float = 2.0) -> bool:
         return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+class StackRecord(BaseModel):
+    """Where a running `upsell up` is, as it writes it in <data_dir>/stack.json for the other `upsell` commands."""
+
+    prefect_api_url: str
+    ui_url: str
+    receiver_url: str
+    pid: int
+
+
+def stack_file(data_dir: Path) -> Path:
+    """Where `upsell up` records its stack while it runs."""
+    return data_dir / "stack.json"
+
+
+def write_stack_record(data_dir: Path, record: StackRecord) -> Path:
+    """Write the record atomically (a reader sees the old file or the new one, never half of it)."""
+    path = stack_file(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(record.model_dump_json(indent=2) + "\n")
+    os.replace(partial, path)
+    return path
+
+
+def read_stack_record(data_dir: Path) -> StackRecord | None:
+    """The recorded stack, or None when there is none (or the file is not one `upsell up` wrote)."""
+    try:
+        return StackRecord.model_validate_json(stack_file(data_dir).read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def remove_stack_record(data_dir: Path, pid: int) -> None:
+    """Remove the record if process `pid` wrote it (a later `upsell up` of the same data folder keeps its own)."""
+    record = read_stack_record(data_dir)
+    if record is not None and record.pid == pid:
+        stack_file(data_dir).unlink(missing_ok=True)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -1,9 +1,14 @@
 """What the command line tells a person: the links follow the receiver's port, `upsell trigger` says which run it
-started and how to follow it, `upsell runs` has a header row."""
+started and how to follow it, `upsell runs` has a header row; every command talks to the Prefect API it means
+(PREFECT_API_URL, else the stack `upsell up` recorded), never to a throwaway server of its own."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from uuid import UUID
@@ -13,13 +18,15 @@ from prefect.client.orchestration import get_client
 from prefect.states import Cancelled, Pending
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from deployments.stack import base_env
+from deployments.cli import NO_API, app, ui_url_of
+from deployments.stack import StackRecord, base_env, stack_file, write_stack_record
 from flows.upsell import upsell
 from tasks.runtime.settings import UpsellSettings, get_settings
+from webhook.ports import free_port
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
 
+REPO = Path(__file__).resolve().parent.parent
 SECRET = "cli-ux-test-secret-0123456789"
 
 # ---- the links follow the receiver's port ----
@@ -126,3 +133,70 @@ def test_upsell_runs_has_a_header_row_its_columns_line_up_with(unserved: str, ev
     row = next(line for line in rows if run_id in line)
     assert row.index(run_id) == header.index("Run id")
     assert row[header.index("State") :].startswith("Scheduled") and row[header.index("Health") :] == "queued"
+
+
+# ---- which Prefect API the commands use ----
+
+
+def _upsell(args: list[str], data_dir: Path, prefect_home: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`upsell <args>` in a process of its own, as a second shell runs it: no PREFECT_API_URL, this data folder and
+    Prefect home; returns the result and how long it took."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"UPSELL_DATA_DIR": str(data_dir), "PREFECT_HOME": str(prefect_home)}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "deployments.cli", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    return done, time.monotonic() - started
+
+
+def test_without_an_api_or_a_stack_a_command_says_so_in_one_line_and_starts_no_server(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "prefect-home"
+    for args in (["runs"], ["trigger", "12345", "evt-no-api"]):
+        done, took = _upsell(args, data_dir, home)
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.strip() == f"Error: {NO_API}" and done.stdout == ""
+        assert took < 8, took  # a throwaway Prefect server takes ~15 s to start
+    assert not (home / "prefect.db").exists()  # where a throwaway server would have put its database
+
+    gone = f"http://127.0.0.1:{free_port()}/api"  # the stack was killed without removing its record
+    write_stack_record(data_dir, StackRecord(prefect_api_url=gone, ui_url=ui_url_of(gone),
+                                             receiver_url="http://127.0.0.1:1", pid=1))  # fmt: skip
+    done, _took = _upsell(["runs"], data_dir, home)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"the stack recorded in {stack_file(data_dir)} is gone" in done.stderr and gone in done.stderr
+
+    helped, _took = _upsell(["trigger", "--help"], data_dir, home)  # help needs no API
+    assert helped.returncode == 0 and "account_id" in helped.stdout, helped.stderr
+
+
+def test_with_the_stack_recorded_a_command_uses_its_api_and_links_to_its_ui(
+    unserved: str, event_id: str, prefect_server: str, data_dir: Path, tmp_path: Path
+) -> None:
+    ui_url = ui_url_of(prefect_server)
+    assert not ui_url.endswith(":4200")
+    write_stack_record(data_dir, StackRecord(prefect_api_url=prefect_server, ui_url=ui_url,
+                                             receiver_url="http://127.0.0.1:1", pid=os.getpid()))  # fmt: skip
+    started, _took = _upsell(["trigger", "12345", event_id, "--level", "HUMAN_INTERVENTION"], data_dir, tmp_path)
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = started.stdout.split("Run id")[1].split()[0]
+    assert f"Watch it     {ui_url}/runs/flow-run/{run_id}" in started.stdout
+    assert "Traceback" not in started.stderr
+    with get_client(sync_client=True) as client:  # the run is on the recorded server
+        assert client.read_flow_run(UUID(run_id)).parameters["alert"]["event_id"] == event_id
+
+    listed, _took = _upsell(["runs", "--json", "--limit", "500"], data_dir, tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in {row["flow_run_id"] for row in json.loads(listed.stdout)}
+    with get_client(sync_client=True) as client:  # final, so no recovery sweep of another test takes it for dead
+        client.set_flow_run_state(UUID(run_id), Cancelled(), force=True)
+
+
+def test_prefect_api_url_comes_before_the_stack_recorded(prefect_server: str, data_dir: Path) -> None:
+    gone = f"http://127.0.0.1:{free_port()}/api"
+    write_stack_record(data_dir, StackRecord(prefect_api_url=gone, ui_url=ui_url_of(gone),
+                                             receiver_url="http://127.0.0.1:1", pid=1))  # fmt: skip
+    listed = CliRunner().invoke(app, ["runs", "--json", "--limit", "1"])  # the session's PREFECT_API_URL
+    assert listed.exit_code == 0, listed.output
+    assert isinstance(json.loads(listed.output), list)

@@ -1,6 +1,7 @@
 """Stopping the local stack: SIGTERM to `upsell up` stops every process it started and frees their ports, and
 the runner stops within its grace even when the Prefect server went first. Also the one end-to-end check that
-`upsell up --receiver-port` makes the runs' emailed links point at that port."""
+`upsell up --receiver-port` makes the runs' emailed links point at that port, and that it records where its
+stack is for the commands of another shell."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from deployments.serve import STOP_GRACE_S
-from deployments.stack import port_is_free, stop_process
+from deployments.stack import StackRecord, port_is_free, stack_file, stop_process
 from tasks.runtime.signing import sign
 from tests.support import outbox_email
 from webhook.ports import free_port
@@ -204,6 +205,16 @@ def test_upsell_up_links_to_its_receiver_port_and_sigterm_stops_everything_it_st
     receiver = f"http://127.0.0.1:{ports['receiver']}"
     banner = (work / "up.log").read_text()
     assert f"Links sent      {receiver}" in banner
+    api_url = f"http://127.0.0.1:{ports['prefect']}/api"
+    assert f"export PREFECT_API_URL={api_url}" in banner
+    record = StackRecord.model_validate_json(stack_file(work / "data").read_text())
+    assert record == StackRecord(prefect_api_url=api_url, ui_url=f"http://127.0.0.1:{ports['prefect']}",
+                                 receiver_url=receiver, pid=up.pid)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a second shell, same data folder
+    env |= {"UPSELL_DATA_DIR": str(work / "data"), "PREFECT_HOME": str(work / "other-prefect-home")}
+    listed = subprocess.run([sys.executable, "-m", "deployments.cli", "runs", "--json"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr  # the stack's own server
     started = _children(up.pid)
     assert len(started) >= 3, started  # the Prefect server, the runner, the receiver (and what they started)
 
@@ -226,6 +237,7 @@ def test_upsell_up_links_to_its_receiver_port_and_sigterm_stops_everything_it_st
     took = time.monotonic() - asked
     assert up.returncode == 0, (work / "up.log").read_text()[-3000:]
     assert "Stopped every process started by `upsell up`." in (work / "up.log").read_text()
+    assert not stack_file(work / "data").exists()
     assert not [pid for pid in started if _alive(pid)]
     assert port_is_free(ports["receiver"]) and port_is_free(ports["prefect"])
     assert took < 60, took
