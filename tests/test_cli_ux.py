@@ -200,3 +200,14 @@ def test_prefect_api_url_comes_before_the_stack_recorded(prefect_server: str, da
     listed = CliRunner().invoke(app, ["runs", "--json", "--limit", "1"])  # the session's PREFECT_API_URL
     assert listed.exit_code == 0, listed.output
     assert isinstance(json.loads(listed.output), list)
+
+
+def test_a_prefect_api_url_that_does_not_answer_is_said_in_one_line() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    gone = f"http://127.0.0.1:{free_port()}/api"
+    with temporary_settings(updates={PREFECT_API_URL: gone}):
+        result = CliRunner().invoke(app, ["runs"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"Error: PREFECT_API_URL={gone} does not answer: start its server, or unset it" \
+        " to use the stack `upsell up` records"
