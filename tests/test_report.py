@@ -6,10 +6,10 @@ escaped), the `upsell report` command and the weekly `upsell-report` flow publis
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -42,6 +42,7 @@ from flows.report import (
     wilson,
 )
 from tests.test_webhook_support import SECRET
+from webhook.deps import REPORT_COOKIE, REPORT_SESSION_S, new_session, session_valid
 from webhook.main import create_app
 from webhook.serve import ReceiverThread
 from webhook.settings import ReceiverSettings
@@ -355,7 +356,79 @@ def test_report_is_not_served_without_configured_credentials(tmp_path: Path) -> 
     answer = TestClient(app).get("/report", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.status_code == 404
     assert answer.json()["error"] == "report_not_enabled" and "UPSELL_REPORT_TOKEN" in answer.json()["detail"]
-    assert "/report" not in json.dumps(app.openapi()["paths"])  # a page for people, not an API operation
+    paths = app.openapi()["paths"]  # documented in /docs: a page for people, and its sign-in
+    assert "text/html" in paths["/report"]["get"]["responses"]["200"]["content"]
+    assert "text/html" in paths["/report"]["get"]["responses"]["401"]["content"]
+    assert "application/x-www-form-urlencoded" in paths["/report/login"]["post"]["requestBody"]["content"]
+    assert TestClient(app).post("/report/login", data={"token": TOKEN}).status_code == 404
+
+
+# ---- signing in from a browser ----
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_browser_without_credentials_gets_the_sign_in_page(report_receiver: str) -> None:
+    for _ in range(3):  # a visit without credentials is not a failed login
+        answer = httpx.get(f"{report_receiver}/report", headers=BROWSER, timeout=30)
+        assert answer.status_code == 401 and answer.headers["content-type"].startswith("text/html")
+        assert answer.headers["WWW-Authenticate"].startswith('Basic realm="upsell-report"')  # the browser asks
+        assert "<form method=post action='/report/login'>" in answer.text and "name=token" in answer.text
+        assert "user name and password" in answer.text and "<svg" not in answer.text
+        assert answer.headers["cache-control"] == "no-store" and "form-action 'self'" in answer.headers[
+            "content-security-policy"]
+    wrong = httpx.get(f"{report_receiver}/report", headers={**BROWSER, "Authorization": _basic(USER, "nope")},
+                      timeout=30)
+    assert wrong.status_code == 401 and "<form" in wrong.text  # wrong credentials: the page again, not JSON
+
+
+def test_signing_in_with_the_token_sets_a_session_cookie_that_opens_the_report(report_receiver: str) -> None:
+    since = {"since": recent_start().date().isoformat()}
+    with httpx.Client(base_url=report_receiver, headers=BROWSER, timeout=30) as browser:
+        wrong = browser.post("/report/login", data={"token": "not-the-token-0123456789"})
+        assert wrong.status_code == 401 and "That is not the report&#x27;s token." in wrong.text
+        assert REPORT_COOKIE not in browser.cookies
+        signed_in = browser.post("/report/login", data={"token": TOKEN})
+        assert signed_in.status_code == 303 and signed_in.headers["location"] == "/report"
+        cookie = signed_in.headers["set-cookie"]
+        assert cookie.startswith(f"{REPORT_COOKIE}=") and TOKEN not in cookie
+        assert {"HttpOnly", "Path=/report", "SameSite=strict", "Max-Age=28800"} <= {
+            part.strip() for part in cookie.split(";")}
+        assert "secure" not in cookie.lower()  # plain http here; over https the cookie is Secure (below)
+        page = browser.get("/report", params=since)
+        assert page.status_code == 200 and "<svg class='chart funnel'" in page.text
+        value = browser.cookies[REPORT_COOKIE]
+        for forged in (value[:-1] + ("0" if value[-1] != "0" else "1"), "99999999999.x", "",
+                       f"{int(time.time()) - 1}.{value.partition('.')[2]}"):
+            browser.cookies.set(REPORT_COOKIE, forged, path="/report")
+            assert browser.get("/report", params=since).status_code == 401
+
+
+def test_the_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
+    app = create_app(ReceiverSettings(webhook_secrets=SECRET, data_dir=tmp_path, report_token=TOKEN))
+    answer = TestClient(app, base_url="https://testserver").post("/report/login", data={"token": TOKEN},
+                                                                 follow_redirects=False)
+    assert answer.status_code == 303 and "Secure" in {p.strip() for p in answer.headers["set-cookie"].split(";")}
+    expired = new_session(app.state.settings, now=time.time() - REPORT_SESSION_S - 1)
+    assert not session_valid(expired, app.state.settings) and session_valid(new_session(app.state.settings),
+                                                                            app.state.settings)
+    other = ReceiverSettings(webhook_secrets=SECRET, data_dir=tmp_path, report_token=TOKEN + "-new")
+    assert not session_valid(new_session(app.state.settings), other)  # a new token ends every session
+
+
+def test_the_sign_in_form_counts_toward_the_failed_login_limit(tmp_path: Path) -> None:
+    app = create_app(ReceiverSettings(webhook_secrets=SECRET, data_dir=tmp_path, report_token=TOKEN,
+                                      report_login_failures=2))
+    client = TestClient(app)
+    assert [client.post("/report/login", data={"token": "wrong-token-0123456789"}).status_code
+            for _ in range(2)] == [401, 401]
+    refused = client.post("/report/login", data={"token": TOKEN}, follow_redirects=False)  # even the right one
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert "Too many failed sign-ins" in refused.text
+    assert client.get("/report", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 429  # one limit
+    too_many = client.post("/report/login", content="&".join(f"f{i}=x" for i in range(20)),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert too_many.status_code == 429
 
 
 def test_report_credentials_in_the_settings_are_whole_and_long_enough() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import math
 import secrets
@@ -221,6 +223,71 @@ def require_report_access(request: Request, settings: SettingsDep) -> None:
         raise Refused(404, "report_not_enabled", "The funnel report is not enabled on this receiver: set "
                       "UPSELL_REPORT_TOKEN, or UPSELL_REPORT_USER and UPSELL_REPORT_PASSWORD, to serve it.")
     check_report_login(request, settings)
+
+
+# ---- the report's sign-in from a browser: a form for the token, answered with a signed session cookie ----
+
+#: The cookie that carries a signed-in browser's session of the report (sent to /report only).
+REPORT_COOKIE = "upsell_report_session"
+#: How long a sign-in lasts.
+REPORT_SESSION_S = 8 * 3600
+
+
+def wants_page(request: Request) -> bool:
+    """Whether the client is a browser (it asks for HTML): it is answered with a sign-in page, not a JSON error."""
+    return "text/html" in request.headers.get("accept", "").lower()
+
+
+def _session_mac(settings: ReceiverSettings, expires: int) -> str:
+    """The HMAC of a session's expiry, keyed with the report's token: a new token ends every session."""
+    token = settings.report_token.get_secret_value() if settings.report_token is not None else ""
+    return hmac.new(token.encode(), f"upsell-report-session|{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def new_session(settings: ReceiverSettings, now: float | None = None) -> str:
+    """A session cookie's value: its expiry and the HMAC of it (nothing secret in it, nothing to forge)."""
+    expires = int((time.time() if now is None else now) + REPORT_SESSION_S)
+    return f"{expires}.{_session_mac(settings, expires)}"
+
+
+def session_valid(value: str | None, settings: ReceiverSettings) -> bool:
+    """Whether a session cookie was signed with the report's token and has not expired."""
+    if not value or settings.report_token is None:
+        return False
+    expires, _, mac = value.partition(".")
+    if not expires.isdigit() or int(expires) <= time.time():
+        return False
+    return _same(mac, _session_mac(settings, int(expires)))
+
+
+def too_many_failures(request: Request) -> int:
+    """Seconds the client must wait after too many failed logins (0: it may try)."""
+    return login_failures(request).retry_after(request.client.host if request.client else "unknown")
+
+
+def failed_login(request: Request) -> None:
+    client = request.client.host if request.client else "unknown"
+    login_failures(request).failed(client)
+    logger.warning("Report login failed from %s", client)
+
+
+def report_access(request: Request, settings: ReceiverSettings) -> bool:
+    """True when the request may see the report (a signed-in browser's cookie, or the Authorization header's
+    credentials); False for a browser that sent none (it is shown the sign-in page, not counted as a failure).
+    Otherwise refused as `require_report_access` refuses: 404, 429 or 401."""
+    if not settings.report_enabled:
+        require_report_access(request, settings)
+    if session_valid(request.cookies.get(REPORT_COOKIE), settings):
+        return True
+    if "authorization" not in request.headers and wants_page(request):
+        return False
+    try:
+        check_report_login(request, settings)
+    except Refused as refused:  # wrong credentials from a browser: counted, and the sign-in page again
+        if refused.status_code == 401 and wants_page(request):
+            return False
+        raise
+    return True
 
 
 def get_opportunity_store(settings: SettingsDep, gateway: GatewayDep) -> Iterator[OpportunityStore]:

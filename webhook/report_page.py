@@ -218,3 +218,29 @@ def report_page(report: FunnelReport) -> HTMLResponse:
     )
     headers = {"Cache-Control": "no-store", CSP: page_policy(body)}
     return HTMLResponse(body, headers=headers)
+
+
+def sign_in_page(*, token_form: bool, basic: bool, message: str = "", status_code: int = 401,
+                 headers: dict[str, str] | None = None) -> HTMLResponse:
+    """The page a browser without the report's credentials gets: a form for the report's token (posted to
+    /report/login, answered with a session cookie), and when a user name and password are set up, a word that the
+    browser asks for them (the 401's Basic challenge)."""
+    parts = ["<h1>Upsell funnel</h1><p>The funnel report is for the people who hold its credentials.</p>"]
+    if message:
+        parts.append(f"<p class=small role=alert>{escape(message)}</p>")
+    if token_form:
+        parts.append(
+            "<form method=post action='/report/login'><label>Report token "
+            "<input type=password name=token autocomplete=current-password required autofocus></label> "
+            "<button type=submit>Sign in</button></form>"
+        )
+    if basic:
+        parts.append("<p class=muted>Or sign in with the report's user name and password: your browser asks for "
+                     "them (reload the page if you closed its prompt).</p>")
+    body = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=robots content=noindex>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'><title>Sign in: upsell funnel</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
+    return HTMLResponse(body, status_code=status_code,
+                        headers={**(headers or {}), "Cache-Control": "no-store", CSP: page_policy(body)})
