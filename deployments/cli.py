@@ -263,6 +263,7 @@ def _up_banner(
 Prefect UI      {ui_url}{" (started here)" if own_server else ""}
 Prefect API     {api_url}
 Receiver        {receiver}   (API docs: {receiver}/docs, health: {receiver}/healthz)
+Funnel report   {receiver}/report   (sign in with UPSELL_REPORT_TOKEN or UPSELL_REPORT_USER/_PASSWORD; 404 unset)
 Links sent      {links}   (in the emails and Slack messages; set UPSELL_PUBLIC_BASE_URL to change)
 Deployments     upsell/upsell, reply-timeouts/reply-timeouts (every 5 min), upsell-recovery (every minute),
                 upsell-backfill (daily)

@@ -500,3 +500,11 @@ def test_weekly_flow_publishes_the_funnel_artifact(data_dir: Path) -> None:
     default = _artifact(upsell_report())
     assert default.description == (f"Upsell funnel since {default_since(datetime.now(UTC).date()):%Y-%m-%d}: "
                                    "9 emailed, 5 answered yes, 2 meetings, pipeline $203,498")
+
+
+def test_upsell_up_prints_the_report_url(tmp_path: Path) -> None:
+    from deployments.cli import _up_banner
+
+    banner = _up_banner("http://127.0.0.1:4200/api", False, "http://127.0.0.1:8000", "http://127.0.0.1:8000", tmp_path,
+                        "", tmp_path / "stack.json")
+    assert "\nFunnel report   http://127.0.0.1:8000/report   (sign in with UPSELL_REPORT_TOKEN" in banner
