@@ -637,7 +637,7 @@ def outcome_message(outcome: UpsellOutcome) -> str:
         parts = ["Nobody approved it in time"]
     if outcome.meeting is not None:
         parts.append("meeting booked")
-    if outcome.opportunity_id:
+    if outcome.opportunity_id and outcome.status is not UpsellStatus.REJECTED:  # a rejection's record: the report's
         parts.append(f"opportunity {outcome.opportunity_id} logged")
     if outcome.reviewer_note and not approval_timed_out(outcome):
         parts.append(f"note: {outcome.reviewer_note}")
