@@ -31,6 +31,7 @@ from flows.models import (
     UsageAlert,
     WaitKind,
 )
+from flows.send_windows import describe_wait
 from tasks.content.email import with_message
 from tasks.runtime.waits import WaitDeadline, deadline_key
 
@@ -65,7 +66,13 @@ def answer_form(request: WaitRequest[R]) -> type[R]:
         field_info = copy(declared[name])
         field_info.default, field_info.default_factory = value, None
         prefilled[name] = (declared[name].annotation, field_info)
-    required = [name for name, info in declared.items() if info.is_required()]
+    # a prefilled value (the estimated value) may be emptied in the UI: it then keeps what was prefilled, instead of
+    # Prefect's "'estimated_value' is a required property"; a decision (a tick box) stays required
+    required = [
+        name
+        for name, info in declared.items()
+        if info.is_required() and (name not in request.initial or isinstance(request.initial[name], bool))
+    ]
 
     def keep_required(schema: dict[str, Any]) -> None:
         schema["required"] = [name for name in schema.get("properties", {}) if name in required]
@@ -145,17 +152,27 @@ def remaining_s(flow_run_id: UUID, request: WaitRequest[Any], grace_s: float) ->
 
 
 def email_approval(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> WaitRequest[EmailApproval]:
-    """A reviewer approves, and may edit, the email before it is sent; nothing is sent until they tick "send"."""
+    """A reviewer approves, and may edit, the email before it is sent; nothing is sent until they tick "send".
+
+    The Prefect UI shows a text field one line high (the message's first line only): the whole draft is shown
+    above the form, quoted as inert text (the planner wrote it)."""
+    message = draft.message or draft.body_text
     return WaitRequest(
         Checkpoint.BEFORE_EMAIL.wait,
         EmailApproval,
         timeout_s,
         f"Check the upsell email to **{draft.to}** recommending **{plan.recommended_plan}**"
-        f" (estimated ${plan.estimated_value:,.0f} a year). You may edit the subject and the message; the"
+        f" (estimated ${plan.estimated_value:,.0f} a year). You may edit the subject and the message below; the"
         " answer buttons, the signature and the unsubscribe link are added when it is sent."
-        " Tick **Send this email** to send it, or leave it unticked to stop the upsell.",
-        {"approved": False, "subject": draft.subject, "body_text": draft.message or draft.body_text},
+        " Tick **Send this email** to send it, or leave it unticked to stop the upsell.\n\n"
+        f"**The email as drafted**\n\n{quoted(f'Subject: {draft.subject}')}\n>\n{quoted(message)}",
+        {"approved": False, "subject": draft.subject, "body_text": message},
     )
+
+
+def quoted(text: str) -> str:
+    """Text as a markdown quote of inert lines (every markdown and HTML character escaped), each line kept."""
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in _plain(text).splitlines()) or "> (empty)"
 
 
 def approved_draft(draft: EmailDraft, approval: EmailApproval) -> EmailDraft:
@@ -192,7 +209,6 @@ def reply_reading(
 ) -> WaitRequest[ReplyReading]:
     """A person reads an emailed reply the classifier could not call, or one we cannot tell the customer wrote
     (`why`, from `sender`). The email's words and sender are data: quoted as inert markdown, never markup."""
-    quoted = "\n".join(f"> {line}" if line.strip() else ">" for line in _plain(text).splitlines()) or "> (empty)"
     if why:
         lead = (
             f"An email answered the upsell email recommending **{plan.recommended_plan}**, but it was **not applied**"
@@ -208,7 +224,7 @@ def reply_reading(
         "read-reply",
         ReplyReading,
         timeout_s,
-        f"{lead} The words of the email (quotes and signature removed):\n\n{quoted}\n\nChoose what it means.",
+        f"{lead} The words of the email (quotes and signature removed):\n\n{quoted(text)}\n\nChoose what it means.",
     )
 
 
@@ -217,9 +233,9 @@ def _code(text: str) -> str:
     return " ".join(text.replace("`", "'").split())[:320]
 
 
-def _plain(text: str) -> str:
+def _plain(text: str, limit: int = 2000) -> str:
     """The customer's text as inert markdown: every markdown and HTML character escaped."""
-    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~&" else c for c in text[:2000])
+    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~&" else c for c in text[:limit])
 
 
 def send_window(
@@ -253,27 +269,46 @@ def reply_review(
     )
 
 
-def meeting_approval(draft: EmailDraft, timeout_s: float) -> WaitRequest[MeetingApproval]:
-    """A reviewer approves booking the meeting the customer said yes to."""
+def meeting_approval(
+    draft: EmailDraft, contract: ContractData, start: datetime, timeout_s: float
+) -> WaitRequest[MeetingApproval]:
+    """A reviewer approves booking the meeting the customer said yes to, at the time it would be booked for
+    (`start`: the first slot after the meeting lead time), shown in the contact's time zone when known."""
     return WaitRequest(
         Checkpoint.BEFORE_MEETING.wait,
         MeetingApproval,
         timeout_s,
-        f"The customer said yes. Book a follow-up meeting with **{draft.to}**? Tick **Book the meeting** to book it.",
+        f"The customer said yes. A follow-up meeting with **{draft.to}** ({company_of(contract)}) is proposed for"
+        f" **{meeting_time(start, contract.contact_timezone)}**. Submit the form as it is to book it; untick"
+        " **Book the meeting** to leave it unbooked.",
         {"approved": True},
     )
 
 
+def meeting_time(start: datetime, timezone: str) -> str:
+    """When the meeting starts, in the contact's time zone and in UTC ("Tue 8 Dec 2026 16:00 Europe/Berlin
+    (15:00 UTC)"); in UTC alone when the zone is UTC or unknown."""
+    return describe_wait(start, timezone).removeprefix("sends ")
+
+
+def company_of(contract: ContractData | None, account_id: str = "") -> str:
+    """The customer as the forms name it: the company, else the account."""
+    if contract is not None and contract.company_name:
+        return contract.company_name
+    return f"account {account_id}" if account_id else "the customer"
+
+
 def opportunity_approval(
-    alert: UsageAlert, plan: UpsellPlan, reply: CustomerReply, timeout_s: float
+    alert: UsageAlert, plan: UpsellPlan, reply: CustomerReply, timeout_s: float, contract: ContractData | None = None
 ) -> WaitRequest[OpportunityReview]:
     """A reviewer approves the opportunity, and may change its value, before it is logged."""
     return WaitRequest(
         Checkpoint.BEFORE_LOG.wait,
         OpportunityReview,
         timeout_s,
-        f"Log the opportunity for account **{alert.account_id}**: {plan.recommended_plan}, the customer answered"
-        f" **{_said(reply)}**. Tick **Approve the upsell** to log it.",
+        f"Log the opportunity for **{company_of(contract, alert.account_id)}**: {plan.recommended_plan}, the"
+        f" customer answered **{_said(reply)}**. Submit the form as it is to log it; untick **Approve the upsell**"
+        " to reject it.",
         {"approved": True, "estimated_value": plan.estimated_value},
     )
 

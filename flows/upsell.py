@@ -50,7 +50,7 @@ from flows.send_windows import describe_wait, next_send_time
 from flows.variants import choose_variant
 from tasks.ask_claude_for_plan import ask_claude_for_plan
 from tasks.content.untrusted import UnsafeData
-from tasks.create_zoom_meeting import create_zoom_meeting
+from tasks.create_zoom_meeting import create_zoom_meeting, next_business_slot
 from tasks.fetch_contract import fetch_contract
 from tasks.fetch_usage import fetch_usage
 from tasks.log_opportunity import log_opportunity
@@ -119,6 +119,11 @@ class Journal:
     def passed(self, wait: WaitKind) -> None:
         self.replay_waits.discard(wait)
 
+    def drafted(self, draft: EmailDraft) -> None:
+        """The email as drafted (or as approved): shown whole below the artifact's table."""
+        self.entries.append({"draft": {"to": draft.to, "subject": draft.subject,
+                                       "message": draft.message or draft.body_text}})
+
     def waiting(self, wait: WaitKind, due: datetime) -> None:
         """The run waits for `wait` until `due` (shown as `waiting` in the artifact until it is answered)."""
         self.entries.append({"wait": wait, "due": due.isoformat()})
@@ -149,6 +154,7 @@ def upsell(
     except Exception:  # a failed step: the artifact still shows how far the run got (a wait is not an Exception)
         journal.publish()
         raise
+    record_on_this_run([outcome_tag(outcome)], {})  # the run list filters on it (`outcome:won`)
     return final_state(outcome)
 
 
@@ -170,11 +176,13 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
     journal.reach(UpsellStage.AI_ANALYSIS, **plan_details(planned))
 
     draft = journal.step("draft", EmailDraft, lambda: draft_email(alert, usage, contract, plan, **run.email_style))
+    journal.drafted(draft)
     if approvals.asks(run.level, Checkpoint.BEFORE_EMAIL):
         approval = run.decide(inputs.email_approval(draft, plan, run.approval_timeout_s), plan)
         if not approval.approved:
             return run.finish(UpsellStatus.REJECTED, planned, note=approval.note)
         draft = inputs.approved_draft(draft, approval)
+        journal.drafted(draft)  # as approved: the reviewer may have edited it
     hold_for_send_window(run, contract)
     email = journal.step("email", EmailResult, lambda: run.task(send_email_draft)(alert, draft))
     if email.status == "suppressed":
@@ -218,7 +226,8 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
     meeting = None
     if reply is CustomerReply.YES:
         if approvals.asks(run.level, Checkpoint.BEFORE_MEETING):
-            booking = run.decide(inputs.meeting_approval(draft, run.approval_timeout_s), plan, reply)
+            start = next_business_slot(datetime.now(UTC), run.settings.meeting_lead_time_h)
+            booking = run.decide(inputs.meeting_approval(draft, contract, start, run.approval_timeout_s), plan, reply)
             if not booking.approved:
                 return run.finish(
                     UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, note=booking.note
@@ -226,7 +235,8 @@ def run_upsell(run: UpsellRun) -> UpsellOutcome:
         meeting = book_meeting(run, contract, plan)
 
     if approvals.asks(run.level, Checkpoint.BEFORE_LOG):
-        review = run.decide(inputs.opportunity_approval(alert, plan, reply, run.approval_timeout_s), plan, reply)
+        asked = inputs.opportunity_approval(alert, plan, reply, run.approval_timeout_s, contract)
+        review = run.decide(asked, plan, reply)
         if not review.approved:
             return run.finish(
                 UpsellStatus.REJECTED, planned, email=email, slack=slack, reply=reply, meeting=meeting, note=review.note
@@ -615,6 +625,16 @@ def approval_timed_out(outcome: UpsellOutcome) -> bool:
     """Whether the run ended because nobody answered an approval in time (the sweep closed it as a rejection)."""
     timed_out = {str(answer.get("note")) for answer in EXPIRED_WAIT_INPUT.values() if "approved" in answer}
     return outcome.status is UpsellStatus.REJECTED and outcome.reviewer_note in timed_out
+
+
+def outcome_tag(outcome: UpsellOutcome) -> str:
+    """The tag a finished upsell carries, its final state's name as a tag: `outcome:won`, `outcome:no-reply`,
+    `outcome:not-approved-in-time`, ... (state names are shown, not filtered on; the run list filters tags)."""
+    return f"outcome:{outcome_state_name(outcome).lower().replace(' ', '-')}"
+
+
+#: Every tag a finished upsell can carry (the README lists them for saved filters).
+OUTCOME_TAGS = frozenset(f"outcome:{name.lower().replace(' ', '-')}" for name in OUTCOME_STATE_NAMES)
 
 
 def outcome_message(outcome: UpsellOutcome) -> str:

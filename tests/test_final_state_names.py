@@ -15,7 +15,7 @@ from flows.backfill import upsell_backfill
 from flows.models import EXPIRED_WAIT_INPUT, CustomerReply, UpsellOutcome, UpsellStatus, UsageAlert
 from flows.recovery import upsell_recovery
 from flows.reply_timeouts import reply_timeouts
-from flows.upsell import OUTCOME_STATE_NAMES, outcome_state_name, upsell
+from flows.upsell import OUTCOME_STATE_NAMES, OUTCOME_TAGS, outcome_state_name, outcome_tag, upsell
 from tests.conftest import REPO
 from tests.support import find_run_id, read_run, resume, wait_until_paused
 
@@ -44,6 +44,9 @@ def test_every_outcome_has_a_name_of_its_own():
         "needs review": "Needs review",
     }  # fmt: skip
     assert set(names.values()) <= OUTCOME_STATE_NAMES
+    tags = {outcome_tag(outcome(UpsellStatus.COMPLETED, CustomerReply.MAYBE)),
+            outcome_tag(outcome(UpsellStatus.REJECTED, None, EXPIRED_WAIT_INPUT["approve-email"]["note"]))}
+    assert tags == {"outcome:maybe-later", "outcome:not-approved-in-time"} and tags <= OUTCOME_TAGS
     for status in UpsellStatus:  # a status added later gets a name too (else this raises KeyError)
         assert outcome_state_name(outcome(status)) in OUTCOME_STATE_NAMES
 
@@ -62,6 +65,7 @@ def test_a_rejected_run_ends_completed_named_rejected_and_a_direct_call_still_re
     state = read_run(run_id).state
     assert state is not None and state.type is StateType.COMPLETED and state.name == "Rejected"
     assert state.message == "Rejected by a reviewer; note: budget frozen."
+    assert "outcome:rejected" in read_run(run_id).tags  # the run list filters on it
     assert UpsellOutcome.model_validate(state.result()) == result  # the persisted result is the outcome too
 
 
@@ -74,6 +78,7 @@ def test_a_declined_run_is_named_declined_when_called_for_its_state(event_id):
         resume(run_id, "reply", {"reply": "no"})
         state = future.result(timeout=60)
     assert state.is_completed() and state.name == "Declined"
+    assert "outcome:declined" in read_run(state.state_details.flow_run_id).tags
     assert UpsellOutcome.model_validate(state.result()).reply is CustomerReply.NO
 
 

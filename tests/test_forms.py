@@ -7,9 +7,11 @@ that schema, and the Prefect API checks every answer against it.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -56,6 +58,15 @@ def a_draft() -> EmailDraft:
     return compose_email(usage=usage, contract=contract, plan=PLAN, reply_links=links,
                          unsubscribe_url=f"{BASE}/unsubscribe/u-token", sender_name="The Sales Team",
                          sender_postal_address="1 Main Street")
+
+
+START = datetime(2026, 12, 8, 15, 0, tzinfo=UTC)
+
+
+def a_contract(timezone: str = "UTC") -> ContractData:
+    return ContractData(account_id="12345", company_name="Acme", current_plan="Starter", contract_end_date="x",
+                        renewal_date="x", current_spend=1000.0,
+                        contact_info={"name": "Ann Lee", "email": "ann@example.com", "timezone": timezone})
 
 
 # ---- a wait on the session's Prefect server: the form as saved, and what the Prefect API accepts ----
@@ -114,13 +125,21 @@ def test_the_review_form_keeps_its_limits_and_help_and_prefect_refuses_a_negativ
     assert value["minimum"] == 0 and value["default"] == 35271.0 and value["type"] == "number"
     assert value["title"] == "Estimated value (per year)" and "yearly revenue" in value["description"]
     assert approved["description"] and note["description"]
-    assert set(schema["required"]) == {"approved", "estimated_value"}  # the UI does not call them "(Optional)"
+    assert set(schema["required"]) == {"approved"}  # the decision: the UI does not call it "(Optional)"
     assert "answered **yes**" in saved(run_id, "description")
 
     assert answer(run_id, {"approved": True, "estimated_value": -5, "note": ""}) == SetStateStatus.REJECT
     assert read_run(run_id).state.is_paused()  # still waiting: nothing was stored
     assert answer(run_id, {"approved": True, "estimated_value": 1200.5, "note": "checked"}) == SetStateStatus.ACCEPT
     assert future.result(timeout=60) == {"approved": True, "estimated_value": 1200.5, "note": "checked", "reviewer": ""}
+
+
+def test_an_emptied_value_keeps_the_prefilled_one_instead_of_a_schema_error(pool):
+    future, run_id = waiting(pool, inputs.reply_review(PLAN, CustomerReply.YES, False, timeout_s=120))
+    # the UI sends an emptied number field as no value: Prefect used to refuse it with
+    # "'estimated_value' is a required property"; it now means the value as prefilled
+    assert answer(run_id, {"approved": True, "note": ""}) == SetStateStatus.ACCEPT
+    assert future.result(timeout=60)["estimated_value"] == PLAN.estimated_value
 
 
 def test_the_email_form_is_not_approved_by_default_and_its_message_holds_no_link(pool):
@@ -134,7 +153,12 @@ def test_the_email_form_is_not_approved_by_default_and_its_message_holds_no_link
     assert props["body_text"]["default"] == draft.message and "\n\n" in draft.message  # several lines, shown whole
     assert "://" not in props["body_text"]["default"] and "token" not in props["body_text"]["default"]
     assert props["subject"]["default"] == draft.subject
-    assert "Tick **Send this email**" in saved(run_id, "description")
+    description = json.loads(saved(run_id, "description"))  # saved as a JSON string
+    assert "Tick **Send this email**" in description
+    # the UI's text field shows one line: the whole draft, every line of it, is quoted above the form
+    assert "> Subject: " in description
+    for line in filter(str.strip, draft.message.splitlines()):
+        assert f"> {inputs._plain(line)}" in description, line
     assert answer(run_id, {"subject": draft.subject}) == SetStateStatus.REJECT  # "approved" must be answered
     assert answer(run_id, {"approved": False, "note": "not now"}) == SetStateStatus.ACCEPT
     assert future.result(timeout=60)["approved"] is False
@@ -170,9 +194,27 @@ def _requests() -> list[WaitRequest[Any]]:
     draft, alert = a_draft(), UsageAlert(event_id="e1", account_id="12345", metric_type="trade_volume")
     return [
         inputs.email_approval(draft, PLAN, 60), inputs.customer_reply(draft, PLAN, 60),
-        inputs.reply_review(PLAN, CustomerReply.MAYBE, False, 60), inputs.meeting_approval(draft, 60),
-        inputs.opportunity_approval(alert, PLAN, CustomerReply.NO_REPLY, 60),
+        inputs.reply_review(PLAN, CustomerReply.MAYBE, False, 60),
+        inputs.meeting_approval(draft, a_contract(), START, 60),
+        inputs.opportunity_approval(alert, PLAN, CustomerReply.NO_REPLY, 60, a_contract()),
     ]
+
+
+def test_the_meeting_form_proposes_the_time_in_the_contacts_zone_and_reads_right_when_ticked():
+    request = inputs.meeting_approval(a_draft(), a_contract("Europe/Berlin"), START, 60)
+    assert request.initial == {"approved": True}
+    assert "Tick **Book the meeting**" not in request.description  # it is ticked already
+    assert "proposed for **Tue 8 Dec 2026 16:00 Europe/Berlin (15:00 UTC)**" in request.description
+    assert "untick **Book the meeting**" in request.description and "(Acme)" in request.description
+    unknown = inputs.meeting_approval(a_draft(), a_contract(""), START, 60).description
+    assert "proposed for **Tue 8 Dec 2026 15:00 UTC**" in unknown
+
+
+def test_the_opportunity_form_names_the_company_as_the_others_do():
+    alert = UsageAlert(event_id="e1", account_id="12345", metric_type="trade_volume")
+    request = inputs.opportunity_approval(alert, PLAN, CustomerReply.YES, 60, a_contract())
+    assert "**Acme**" in request.description and "12345" not in request.description
+    assert "account 12345" in inputs.opportunity_approval(alert, PLAN, CustomerReply.YES, 60).description
 
 
 # ---- the approved email: what a reviewer's edit changes, and what it cannot ----

@@ -84,6 +84,24 @@ def test_an_answered_approval_shows_who_decided_the_value_and_the_note():
     )
 
 
+def test_the_draft_is_shown_whole_and_long_details_go_below_the_table():
+    draft = {"to": "buyer@example.com", "subject": "More room for Acme",
+             "message": "Hi Lena,\n\nYour team reached 35,271 trades.\n\n- No cap\n- Priority support"}
+    note = "the customer asked for a call on Thursday afternoon with their finance lead, and a quote in euros"
+    journal = until_reply()[:3] + [
+        {"draft": draft},
+        {"wait": "approve-email", "due": DUE.isoformat()},
+        {"wait": "approve-email", "answered": True, "details": {"decision": "approved", "note": note}},
+    ]  # fmt: skip
+    markdown = render_journal(ALERT, journal)
+    assert "### The email to buyer@example\\.com" in markdown and "> Subject: More room for Acme" in markdown
+    for line in ("> Hi Lena,", "> Your team reached 35,271 trades\\.", "> \\- No cap", "> \\- Priority support"):
+        assert line in markdown.splitlines(), line
+    assert row(markdown, "Email approval") == "| Email approval | done | details below the table |"
+    assert f"- note: {note}" in markdown  # whole, on its own line: the page wraps it
+    assert max(len(line) for line in markdown.splitlines() if line.startswith("|")) < 140
+
+
 def test_numbers_are_written_for_people_and_internal_details_are_left_out():
     markdown = render_journal(ALERT, until_reply())
     assert "**Trigger:** trade volume 35,271 (threshold 30,000), severity high" in markdown
@@ -132,6 +150,7 @@ def test_the_published_artifact_follows_the_review_of_a_real_run(event_id):
         "| Review | done | decision: approved; estimated value: $4,321/yr; note: checked the numbers |"
     )
     assert "**Current stage:** Completed (Won)" in final and "| Meeting Scheduled | done |" in final
+    assert "### The email to" in final and "> Subject: " in final  # the draft, whole, below the table
 
 
 def test_the_reviewer_who_gives_a_name_is_recorded_with_the_answer():

@@ -120,9 +120,37 @@ def show(key: str, value: Any) -> str:
     return str(value)
 
 
+#: Longest details cell kept in the table: Prefect's artifact page does not wrap a table cell, so longer details
+#: (a meeting link, a reviewer's note) pushed the table past the screen; they are listed below the table instead.
+CELL_CHARS = 90
+
+
+def _shown(details: dict[str, Any]) -> list[str]:
+    return [f"{DETAIL_LABELS[k]}: {show(k, v)}".replace("\n", " ") for k, v in details.items()
+            if k in DETAIL_LABELS and v != ""]  # fmt: skip
+
+
 def _cell(details: dict[str, Any]) -> str:
-    shown = [f"{DETAIL_LABELS[k]}: {show(k, v)}" for k, v in details.items() if k in DETAIL_LABELS and v != ""]
-    return "; ".join(shown).replace("|", "/").replace("\n", " ")
+    return "; ".join(_shown(details)).replace("|", "/")
+
+
+def _escape(text: str) -> str:
+    """Text shown as written in markdown: every markdown and HTML character escaped."""
+    return "".join(f"\\{c}" if c in "\\`*_{}[]()<>#+-.!|~&" else c for c in text)
+
+
+def _quote(text: str) -> str:
+    return "\n".join(f"> {_escape(line)}" if line.strip() else ">" for line in text.splitlines()) or "> (empty)"
+
+
+def draft_section(journal: list[dict[str, Any]]) -> list[str]:
+    """The email as drafted, or as approved (the last draft recorded), whole: its subject and every line."""
+    drafts = [entry["draft"] for entry in journal if "draft" in entry]
+    if not drafts:
+        return []
+    draft = drafts[-1]
+    return ["", f"### The email to {_escape(draft['to'])}", "", _quote(f"Subject: {draft['subject']}"), ">",
+            _quote(draft["message"])]  # fmt: skip
 
 
 def _rows(journal: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -132,6 +160,8 @@ def _rows(journal: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     order = list(rows)
     previous = UpsellStage.STARTED.value
     for entry in journal:
+        if "wait" not in entry and "stage" not in entry:  # the email's draft: shown below the table
+            continue
         name = WAIT_ROWS[entry["wait"]][0] if "wait" in entry else entry["stage"]
         if name not in rows:  # an approval: right after the row the run was at
             rows[name] = {"status": "-", "details": {}}
@@ -177,12 +207,17 @@ def render_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> str:
         "| Stage | Status | Details |",
         "|---|---|---|",
     ]
+    below: list[str] = []
     for name, row in _rows(journal).items():
         details = _cell(row["details"])
         if row["status"] == "waiting":
             details = "; ".join(filter(None, [details, row["due"]]))
+        if len(details) > CELL_CHARS:
+            below += ["", f"**{name}**", "", *(f"- {_escape(item)}" for item in _shown(row["details"]))]
+            due = row["due"] if row["status"] == "waiting" else ""
+            details = "; ".join(filter(None, ["details below the table", due]))
         lines.append(f"| {name} | {row['status']} | {details} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + below + draft_section(journal)) + "\n"
 
 
 def publish_journal(alert: UsageAlert, journal: list[dict[str, Any]]) -> None:
