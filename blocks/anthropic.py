@@ -56,23 +56,28 @@ class RuleBasedPlanner:
         over_pct = usage.threshold_exceeded * 100
         threshold = usage.additional_context.get("threshold")
         metric = metric_label(usage.metric_type)
+        change = usage.change_in_words()
+        # Notes for the sales team (Slack, the stage artifact); the customer's email is drafted from the figures.
         justification = (
-            f"{metric[:1].upper()}{metric[1:]} is at {usage.current_usage:,.0f}"
-            + (f" against a threshold of {float(threshold):,.0f}" if threshold is not None else "")
-            + f" ({over_pct:.0f}% over), {usage.usage_trend} {usage.growth_rate * 100:.0f}% per"
-            f" {PERIOD_WORD[usage.usage_period]}. The account pays"
-            f" {currency} {contract.current_spend:,.0f}/yr on {contract.current_plan or 'its current plan'};"
-            f" {target.name} lists at"
-            f" {currency} {target.annual_price:,.0f}/yr."
+            f"{metric[:1].upper()}{metric[1:]} reached {usage.current_usage:,.0f} this"
+            f" {PERIOD_WORD[usage.usage_period]}"
+            + (f" ({change})" if change else " (no previous figure to compare)")
+            + (
+                f", {abs(over_pct):.0f} % {'over' if over_pct >= 0 else 'under'} the {float(threshold):,.0f}"
+                f" included in {contract.current_plan or 'the current plan'}"
+                if threshold is not None
+                else ""
+            )
+            + f". Current spend: {currency} {contract.current_spend:,.0f} a year;"
+            f" {target.name} lists at {currency} {target.annual_price:,.0f} a year."
         )
-        roi = (
-            f"Moving to {target.name} adds {currency} {value:,.0f}/yr and removes the {metric} cap"
-            f" that the account exceeds by {over_pct:.0f}%."
-        )
+        roi = f"Moving to {target.name} adds {currency} {value:,.0f} a year and lifts the {metric} limit."
         risk = (
             "Low: usage keeps growing."
-            if usage.usage_trend == "increasing"
-            else ("Medium: usage is not growing, so the overage may be temporary.")
+            if usage.usage_trend == "increasing" and change
+            else "Medium: usage is not growing, so the overage may be temporary."
+            if change
+            else "Medium: no previous figure, so the trend is unknown."
         )
         if contract.renewal_date:
             risk += f" Renewal is due {contract.renewal_date}."
@@ -101,8 +106,14 @@ Rules:
 - recommended_plan must be exactly one of the plan names in <plan_catalogue>.
 - estimated_value is the added annual value in the catalogue's currency: at most {max_ratio:g} times the \
 account's current annual spend, and never negative.
-- justification, roi_analysis and risk_assessment cite the figures you were given; do not invent figures.
-- features lists the recommended plan's features that address the usage that exceeded its threshold.
+- justification, roi_analysis and risk_assessment are notes for the sales team, never sent to the customer; \
+they cite the figures you were given; do not invent figures.
+- growth_rate is the change on the previous period as a ratio (0.35 is up 35 %, -0.12 is down 12 %) and \
+usage_trend its direction; when additional_context.previous_usage is missing or 0 there is no trend: do not \
+state one.
+- features are shown to the customer in the email: the recommended plan's features from <plan_catalogue> that \
+address the usage that exceeded its threshold, copied as written, with no figures about the account and no \
+internal notes.
 - Plain sentences only: no links, web or email addresses, markup or mentions in any text field; \
 justification at most 1200 characters, roi_analysis and risk_assessment at most 600, at most 8 features."""
 

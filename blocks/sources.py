@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from blocks.interfaces import PermanentError
 from blocks.limits import cap_request_timeout
-from flows.models import ContractData, Severity, UsageAlert, UsageData
+from flows.models import STABLE_GROWTH, ContractData, Severity, UsageAlert, UsageData
 
 
 @cache
@@ -24,11 +24,26 @@ def _fixture_accounts() -> dict[str, Any]:
 
 
 def _trend(growth: float) -> str:
-    if growth > 0.02:
+    if growth > STABLE_GROWTH:
         return "increasing"
-    if growth < -0.02:
+    if growth < -STABLE_GROWTH:
         return "decreasing"
     return "stable"
+
+
+def growth_between(current: float, previous: float | None) -> float | None:
+    """Period-over-period growth as a ratio (111 -> 150 is 0.3514, 91 -> 88 is -0.033); None when there is no
+    previous figure, or it is 0 or negative (growth from nothing is no percentage)."""
+    if previous is None or previous <= 0:
+        return None
+    return (current - previous) / previous
+
+
+def _same_series(reported: float, current: float) -> bool:
+    """Whether the alert's reading and the source's current figure can be of one series (within a factor of 2)."""
+    if current <= 0:
+        return reported == current
+    return 0.5 <= reported / current <= 2.0
 
 
 def severity_for_overage(over: float) -> Severity:
@@ -41,22 +56,33 @@ def severity_for_overage(over: float) -> Severity:
 
 
 def build_usage(
-    alert: UsageAlert, current: float, previous: float, threshold: float, period: str, extra: dict[str, Any]
+    alert: UsageAlert, current: float, previous: float | None, threshold: float, period: str, extra: dict[str, Any]
 ) -> UsageData:
-    """UsageData from raw figures; the alert's own value and threshold win when it reported them."""
-    current = alert.current_value if alert.current_value is not None else current
+    """UsageData from raw figures; the alert's own value and threshold win when it reported them.
+
+    The growth compares the source's current figure with its previous one: one series, read together. The
+    alert's value is a reading taken elsewhere; set against the source's previous figure it once gave
+    "decreasing -100%" for an alert of 300 on an account whose source reads 88,000 (previous 91,000). When the
+    alert's reading cannot be of the source's series (off by more than a factor of 2), or there is no previous
+    figure (or 0), no growth is claimed: growth 0, "stable", and no `previous_usage`, so no trend is said.
+    """
+    reported = alert.current_value if alert.current_value is not None else current
     threshold = alert.threshold if alert.threshold is not None else threshold
-    growth = (current - previous) / previous if previous else 0.0
-    exceeded = (current - threshold) / threshold if threshold else 0.0
+    growth = growth_between(current, previous) if _same_series(reported, current) else None
+    exceeded = (reported - threshold) / threshold if threshold else 0.0
     return UsageData(
         account_id=alert.account_id,
-        current_usage=current,
-        usage_trend=_trend(growth),  # type: ignore[arg-type]
+        current_usage=reported,
+        usage_trend=_trend(growth or 0.0),  # type: ignore[arg-type]
         usage_period=period,  # type: ignore[arg-type]
         threshold_exceeded=round(exceeded, 4),
         metric_type=alert.metric_type,
-        growth_rate=round(growth, 4),
-        additional_context={"threshold": threshold, "previous_usage": previous, **extra},
+        growth_rate=round(growth or 0.0, 4),
+        additional_context={
+            "threshold": threshold,
+            "previous_usage": previous if growth is not None else None,
+            **extra,
+        },
     )
 
 
@@ -184,9 +210,8 @@ class HttpUsageClient:
         if "current_usage" in body:  # already in our shape; identity stays the alert's, whatever the source says
             return UsageData.model_validate({**body, "account_id": alert.account_id, "metric_type": alert.metric_type})
         raw = RawUsage.model_validate(body)  # a malformed answer is a ValidationError: not retried
-        previous = raw.previous if raw.previous is not None else raw.current
         return build_usage(
-            alert, raw.current, previous, raw.threshold, raw.period, {"source": str(self.client.base_url)}
+            alert, raw.current, raw.previous, raw.threshold, raw.period, {"source": str(self.client.base_url)}
         )
 
 

@@ -212,6 +212,10 @@ class UsageAlert(BaseModel):
         return _SLUG_RE.sub("-", f"{self.account_id}-{self.event_id}".lower()).strip("-")[:120]
 
 
+#: Growth within this ratio either way is "stable" (about the same as the previous period).
+STABLE_GROWTH = 0.02
+
+
 class UsageData(BaseModel):
     """Current usage of one metric for an account (the reference design's UsageData)."""
 
@@ -223,6 +227,26 @@ class UsageData(BaseModel):
     metric_type: str
     growth_rate: float = Field(default=0.0, description="Period-over-period growth, as a ratio.")
     additional_context: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def previous_usage(self) -> float | None:
+        """The previous period's figure (`additional_context.previous_usage`); None when the source gave none, or
+        0 (growth from nothing is no percentage)."""
+        previous = self.additional_context.get("previous_usage")
+        if not isinstance(previous, int | float) or isinstance(previous, bool) or not math.isfinite(previous):
+            return None
+        return float(previous) if previous > 0 else None
+
+    def change_in_words(self) -> str | None:
+        """The change on the previous period as a customer reads it: "up 35 % on last month", "down 12 % on
+        yesterday", "about the same as last week"; None without a previous figure (then nothing is said)."""
+        if self.previous_usage is None:
+            return None
+        last = {"daily": "yesterday", "weekly": "last week", "monthly": "last month"}[self.usage_period]
+        percent = round(abs(self.growth_rate) * 100)
+        if abs(self.growth_rate) <= STABLE_GROWTH or percent == 0:
+            return f"about the same as {last}"
+        return f"{'up' if self.growth_rate > 0 else 'down'} {percent:,} % on {last}"
 
 
 class ContractData(BaseModel):

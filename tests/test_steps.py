@@ -86,7 +86,7 @@ def test_fixture_source_and_rule_based_planner_cite_the_numbers():
     assert plan.recommended_plan == "Professional"  # the tier after Growth
     # uplift to the next tier (60,000 - 30,000) + 25 % of its price per 100 % growth (35.14 %)
     assert plan.estimated_value == pytest.approx(30000 + 60000 * 0.3514 * 0.25, rel=1e-3)
-    for figure in ("150", "100", "50%", "35%", "30,000", "60,000"):
+    for figure in ("150", "100", "50 % over", "up 35 % on last month", "30,000", "60,000"):
         assert figure in plan.justification
     assert plan.features == load_catalogue().find("Professional").features
     assert RuleBasedPlanner().plan(usage, contract) == result  # deterministic

@@ -64,6 +64,12 @@ def compose_email(
     the built message once more before it leaves. The metric is named in words (`metric_label`), also where
     the planner's text quotes its raw name. `template` names the message (one of `available_templates()`),
     `subject` a configured subject line (an A/B variant's; see `subject_for`).
+
+    The message speaks to the contact ("your team's trade volume"), from the figures: the change on the
+    previous period in words (`UsageData.change_in_words`, nothing when there is no previous figure), the
+    amount included in their plan and what it costs them ("$30,000 a year"), the recommended plan and its
+    features. The planner's justification, ROI and risk are notes for the sales team (Slack, the run's
+    artifacts) and never reach the customer.
     """
     if template not in MESSAGE_TEMPLATES:
         raise ValueError(f"unknown email template {template!r}; bundled: {', '.join(sorted(MESSAGE_TEMPLATES))}")
@@ -73,16 +79,18 @@ def compose_email(
     threshold = usage.additional_context.get("threshold")
     recommended = clean_name(plan.recommended_plan, "recommended_plan", "a larger plan")
     in_words = _metric_in_words(usage.metric_type)
+    included = threshold if isinstance(threshold, int | float) and not isinstance(threshold, bool) else None
     values: dict[str, Any] = {
         "contact_name": first_name or "there",
         "metric_label": clean_name(metric_label(usage.metric_type), "metric", "usage"),
         "period_word": {"daily": "day", "weekly": "week", "monthly": "month"}[usage.usage_period],
-        "threshold": threshold if isinstance(threshold, int | float) else None,
-        "current_usage": usage.current_usage,
+        "current": figure(usage.current_usage),
+        "change": usage.change_in_words(),
+        "included": figure(included) if included is not None and included > 0 else None,
         "plan_phrase": f"your {current_plan} plan" if current_plan else "your current plan",
+        "spend": yearly_amount(contract.current_spend, contract.contract_terms.get("currency")),
         "recommended_plan": recommended,
         "features": [f for f in (in_words(clean_text(x, "feature")) for x in plan.features) if f],
-        "justification": in_words(clean_text(plan.justification, "justification")),
     }
     env = _templates()
     message = env.get_template(f"{stem}.txt.j2").render(values)
@@ -142,6 +150,28 @@ def _framed(draft: EmailDraft, message: str, message_html: Markup) -> EmailDraft
             "body_html": env.get_template("upsell_email.html.j2").render(frame, message_html=message_html),
         }
     )
+
+
+#: How an amount in these currencies is written: the symbol before the number; any other ISO 4217 code follows it.
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
+
+
+def figure(value: float) -> str:
+    """A number as a reader writes it: thousands separated, no decimals for whole or large numbers
+    (35271.0 -> "35,271", 2.5 -> "2.5")."""
+    if value == round(value) or abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def yearly_amount(value: float, currency: object) -> str | None:
+    """An annual amount for the reader: "$120,000 a year", "€30,000 a year", "30,000 CHF a year"; None for
+    no amount (0) or no usable currency code (an amount in an unknown currency is left unsaid)."""
+    code = str(currency or "").strip().upper()
+    if value <= 0 or not re.fullmatch(r"[A-Z]{3}", code):
+        return None
+    symbol = CURRENCY_SYMBOLS.get(code)
+    return f"{symbol}{figure(value)} a year" if symbol else f"{figure(value)} {code} a year"
 
 
 def _metric_in_words(metric_type: str) -> Callable[[str], str]:
