@@ -22,6 +22,7 @@ from blocks.limits import ensure_rate_limits
 from deployments.automations import HEARTBEAT_S, ensure_zombie_automation
 from deployments.report_job import upsell_report
 from deployments.stack import api_is_up
+from deployments.sweeps import drop_schedules, start_watching, sweeps
 from flows.backfill import upsell_backfill
 from flows.playbooks import PlaybookFileError, load_playbooks
 from flows.recovery import upsell_recovery
@@ -38,6 +39,8 @@ else:
     IN_PROCESS_UNAVAILABLE = ""
 
 SWEEP_INTERVAL_S = 300
+#: The sweeps this process runs only when they have work (`deployments.sweeps`), instead of on their schedules.
+WATCHED_SWEEPS = ("reply-timeouts", "upsell-recovery")
 #: The deployments, described once: `upsell serve` reads the same file `prefect deploy --all` does.
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 #: The flows the entrypoints of prefect.yaml name.
@@ -114,13 +117,12 @@ def declared_deployments() -> list[dict[str, Any]]:
 
 
 def _schedule(declared: dict[str, Any], sweep_interval_s: int | None) -> dict[str, Any]:
-    """`interval=` / `cron=` of `to_deployment` from the entry's first schedule; none when schedules are off."""
+    """`interval=` / `cron=` of `to_deployment` from the entry's first schedule; none when schedules are off, and
+    none for the sweeps this process runs when they have work (`WATCHED_SWEEPS`)."""
     schedules = declared.get("schedules") or []
-    if not sweep_interval_s or not schedules:
+    if not sweep_interval_s or not schedules or declared["name"] in WATCHED_SWEEPS:
         return {}
     first = schedules[0]
-    if declared["name"] == "reply-timeouts":
-        return {"interval": sweep_interval_s}  # `--sweep-interval` tunes the reply-timeout sweep
     if "interval" in first:
         return {"interval": first["interval"]}
     return {"cron": first["cron"]}
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         "--sweep-interval",
         type=int,
         default=SWEEP_INTERVAL_S,
-        help="Seconds between reply-timeout sweeps; 0 disables the schedule.",
+        help="Seconds between looks for expired waits (a reply-timeouts run is created only when there are some;"
+        " dead runs are looked for every minute); 0 disables the sweeps and the schedules.",
     )
     parser.add_argument(
         "--name-suffix",
@@ -219,6 +222,12 @@ def main(argv: list[str] | None = None) -> None:
         recovery.apply()
         if asyncio.run(ensure_zombie_automation(f"upsell-recovery/{recovery.name}")):
             print("Created the upsell-crash-zombie-runs automation (silent runs go to the recovery sweep)")  # noqa: T201
+        timeouts = next(d for d in deployments if d.flow_name == "reply-timeouts")
+        timeouts.apply()  # created before the first look for work (the runner applies it again, unchanged)
+        for sweep in (recovery, timeouts):
+            drop_schedules(f"{sweep.flow_name}/{sweep.name}")
+        start_watching(sweeps(f"upsell-recovery/{recovery.name}", f"reply-timeouts/{timeouts.name}",
+                              args.sweep_interval))
     flows: dict[str, Any] = {f.name: f for f in FLOWS.values()}
     for deployment in deployments:
         if InProcessRunner is not None and isinstance(runner, InProcessRunner):

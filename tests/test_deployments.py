@@ -38,8 +38,8 @@ def test_every_entrypoint_is_a_flow_with_the_declared_parameters():
 
 def test_schedules_are_declared():
     by_name = {d["name"]: d for d in SPEC["deployments"]}
-    assert by_name["reply-timeouts"]["schedules"] == [{"interval": 300}]
-    assert by_name["upsell-recovery"]["schedules"] == [{"interval": 60}]
+    assert by_name["reply-timeouts"]["schedules"] == [{"interval": 900}]  # `upsell serve` runs both on work found
+    assert by_name["upsell-recovery"]["schedules"] == [{"interval": 300}]
     assert by_name["upsell-backfill"]["schedules"][0]["cron"]
     assert by_name["upsell-report"]["schedules"] == [{"cron": "0 7 * * 1", "timezone": "UTC"}]  # Mondays 07:00 UTC
     assert by_name["upsell"]["enforce_parameter_schema"] is True
