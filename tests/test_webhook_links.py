@@ -89,7 +89,10 @@ def test_reply_and_approval_links(receiver, runner):
     used = http.get(f"/links/{replies['yes']}")
     assert used.status_code == 410 and "already used" in used.text
 
-    # another answer to the same question: the run no longer waits for it
+    # another answer to the same question: its page says so at once, without a button
+    other = http.get(f"/links/{replies['no']}")
+    assert other.status_code == 410 and "This was already answered" in other.text and "<form" not in other.text
+    assert "Confirm your answer" not in other.text
     late = http.post(f"/links/{replies['no']}")
     assert late.status_code == 409 and "Nothing was changed" in late.text
 
@@ -155,6 +158,8 @@ def test_one_click_unsubscribe_suppresses_the_next_upsell(receiver, runner):
                          headers={"content-type": "application/x-www-form-urlencoded"})
         assert done.status_code == 200 and store.is_suppressed(email)
         assert http.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"}).status_code == 200
+        again = http.get(f"/unsubscribe/{token}")  # a second visit does not ask again
+        assert again.status_code == 200 and "You are already unsubscribed" in again.text and "<form" not in again.text
     finally:
         store.close()
 

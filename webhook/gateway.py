@@ -24,11 +24,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.input import keyset_from_paused_state
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Suspended
 
 from blocks.registry import resolve
 from flows.api import create_upsell_run, deployment_id_for, resume_wait
-from flows.models import STAGE_ORDER, UsageAlert, automation_level_for, metric_label
+from flows.models import REPLY_WAITS, STAGE_ORDER, UsageAlert, automation_level_for, metric_label
 from flows.playbooks import Playbook
 from tasks.content.untrusted import clean_name
 from tasks.recover_runs import awaits_heartbeat, heartbeat_filter, stalled
@@ -228,6 +230,34 @@ class PrefectGateway:
         order = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
         known = [stage for stage in stages if stage in order]
         return max(known, key=order.__getitem__) if known else None
+
+    async def link_closed(self, flow_run_id: str, wait: str) -> str | None:
+        """Why a link answering the run's `wait` can no longer be used, before anyone presses its button:
+        "answered" (an answer to that wait is stored: for the customer's reply, to either reply wait), "ended"
+        (the run finished), or None (it may still be used, or that could not be read in time)."""
+        waits = REPLY_WAITS if wait in REPLY_WAITS else (wait,)
+        try:
+            run_id = UUID(flow_run_id)
+            async with asyncio.timeout(min(self.settings.prefect_timeout_s, SUMMARY_TIMEOUT_S)):
+                run = await self.client.read_flow_run(run_id)
+                state = run.state
+                if state is not None and state.is_paused() and state.state_details.pause_key in waits:
+                    return None  # waiting for this very answer (again, after a recovery)
+                for kind in waits:
+                    key = keyset_from_paused_state(Suspended(pause_key=kind))["response"]
+                    try:
+                        await self.client.read_flow_run_input(run_id, key)
+                    except ObjectNotFound:
+                        continue
+                    return "answered"
+        # degrade on purpose: this only spares the customer a button that would refuse; the POST decides anyway
+        except Exception as exc:
+            logger.info("Link page for flow run %s shown without its answer check (%s: %s)", flow_run_id,
+                        type(exc).__name__, exc)
+            return None
+        # a Crashed run is not over: the recovery sweep runs it again and it waits for the answer again
+        ended = state is not None and (state.is_completed() or state.is_failed() or state.is_cancelled())
+        return "ended" if ended else None
 
     async def run_summary(self, flow_run_id: str) -> RunSummary:
         """What a link page says about its upsell (plan, account, metric), read from the run; an empty summary

@@ -209,6 +209,13 @@ class ReceiverStore:
                 (token_hash, email, flow_run_id, _now()),
             )
 
+    def unsubscribed(self, email: str) -> bool:
+        """Whether an unsubscribe of `email` was received (applied to the suppression list, or about to be)."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM unsubscribes WHERE lower(email)=lower(?) LIMIT 1",
+                                   (email.strip(),)).fetchone()
+        return row is not None
+
     def pending_unsubscribes(self, limit: int = 500) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(

@@ -44,7 +44,9 @@ def _pages(why: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 _ASKS = "What the link will do, with the button that does it; nothing is changed yet."
 _INVALID = "The link is incomplete, altered, or does not belong here: nothing was changed."
 _EXPIRED = "The link has expired: nothing was changed."
-SHOW_LINK = _pages({200: _ASKS, 403: _INVALID, 410: _EXPIRED + " Or it was already used."})
+SHOW_LINK = _pages({200: _ASKS, 403: _INVALID, 410: _EXPIRED + " Or it was already used, the question was already"
+                                                   " answered (by another link of the same email), or the upsell"
+                                                   " ended."})
 USE_LINK = _pages({
     200: "The answer was recorded.",
     403: _INVALID + " Or the link carries an answer that cannot be used.",
@@ -107,6 +109,17 @@ def used_page() -> Response:
     return page("This link was already used", "Your answer was recorded the first time. Nothing was changed.", 410)
 
 
+def closed_page(why: str, *, customer: bool, sender: Sender) -> Response:
+    """The page of a link that can no longer be used: another link of the same email or message was used (or the
+    question answered another way), or the upsell ended; said at once, not after a confirmation."""
+    if why == "answered":
+        told = "Your answer was recorded earlier" if customer else "Someone already decided this"
+        return page("This was already answered", f"{told}. Nothing was changed.", 410,
+                    sender=sender if customer else None)
+    return page("This request is closed", "It no longer waits for an answer. Nothing was changed.", 410,
+                sender=sender if customer else None)
+
+
 @router.get("/links/{token}", response_class=HTMLResponse, responses=SHOW_LINK,
             summary="Confirmation page of a reply/approval link")
 async def show_link(token: str, settings: SettingsDep, store: StoreDep, gateway: GatewayDep) -> Response:
@@ -116,6 +129,9 @@ async def show_link(token: str, settings: SettingsDep, store: StoreDep, gateway:
         return link
     if store.link_used(token_hash(token)):
         return used_page()
+    closed = await gateway.link_closed(link.flow_run_id, link.wait)
+    if closed is not None:
+        return closed_page(closed, customer=link.wait == "reply", sender=sender_of(settings))
     summary = await gateway.run_summary(link.flow_run_id)
     if link.wait == "reply":
         sender = sender_of(settings)
@@ -165,12 +181,17 @@ async def use_link(token: str, settings: SettingsDep, store: StoreDep, gateway: 
 
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse, responses=SHOW_UNSUBSCRIBE,
             summary="Unsubscribe confirmation page")
-async def show_unsubscribe(token: str, settings: SettingsDep) -> Response:
-    """Asks for confirmation; changes nothing (RFC 8058 clients POST instead)."""
+async def show_unsubscribe(token: str, settings: SettingsDep, store: StoreDep) -> Response:
+    """Asks for confirmation, unless the address is unsubscribed already; changes nothing (RFC 8058 clients POST
+    instead)."""
     link = open_link(token, settings, unsubscribe=True)
     if isinstance(link, Response):
         return link
     sender = sender_of(settings)
+    email = str(link.value.get("email", "")).strip()
+    if email and store.unsubscribed(email):
+        return page("You are already unsubscribed", f"{email} receives no more of these emails. Nothing was changed.",
+                    sender=sender)
     confirmation = describe_unsubscribe(link.value, sender)
     return confirmation_page(confirmation, confirm_form(confirmation.button, {"List-Unsubscribe": "One-Click"}),
                              sender)
