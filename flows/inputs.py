@@ -161,11 +161,11 @@ def email_approval(draft: EmailDraft, plan: UpsellPlan, timeout_s: float) -> Wai
         Checkpoint.BEFORE_EMAIL.wait,
         EmailApproval,
         timeout_s,
-        f"Check the upsell email to **{draft.to}** recommending **{plan.recommended_plan}**"
-        f" (estimated ${plan.estimated_value:,.0f} a year). You may edit the subject and the message below; the"
-        " answer buttons, the signature and the unsubscribe link are added when it is sent."
-        " Tick **Send this email** to send it, or leave it unticked to stop the upsell.\n\n"
-        f"**The email as drafted**\n\n{quoted(f'Subject: {draft.subject}')}\n>\n{quoted(message)}",
+        # the draft first: the UI gives this text the room its form leaves, and scrolls the rest
+        f"**The email to {draft.to}**, as drafted:\n\n{quoted(f'Subject: {draft.subject}')}\n>\n{quoted(message)}"
+        f"\n\nIt recommends **{plan.recommended_plan}** (estimated ${plan.estimated_value:,.0f} a year). The answer"
+        " buttons, the signature and the unsubscribe link are added when it is sent. Tick **Send this email** to"
+        " send it (you may edit the subject and the message below first), or leave it unticked to stop the upsell.",
         {"approved": False, "subject": draft.subject, "body_text": message},
     )
 

@@ -492,8 +492,8 @@ class EmailApproval(RunInput):
     body_text: str = Field(
         default="",
         title="Message",
-        description="The message the customer reads. The answer buttons (Yes / No / Maybe later), the signature"
-        " and the unsubscribe link are added when the email is sent. Leave empty to send the drafted message.",
+        description="The message (shown whole above). Buttons, signature and unsubscribe link are added when the"
+        " email is sent; empty sends it as drafted.",
     )
     note: str = Field(default="", title="Note for the team", description="Why you approved, changed or stopped it.")
     reviewer: ReviewerName = ""
@@ -516,7 +516,8 @@ class OpportunityReview(RunInput):
     estimated_value: float = Field(
         ge=0,
         title="Estimated value (per year)",
-        description="The added yearly revenue you expect from this upsell, in dollars (0 or more).",
+        description="The added yearly revenue you expect from this upsell, in dollars (0 or more); emptied, it keeps"
+        " the value proposed.",
     )
     note: str = Field(default="", title="Note for the team", description="Optional: why you approved or rejected it.")
     reviewer: ReviewerName = ""
