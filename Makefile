@@ -10,8 +10,10 @@ TOOLS := .venv-tools
 UV_STAMP := $(TOOLS)/.uv-$(UV_VERSION)
 UV := UV_PYTHON_DOWNLOADS=never $(TOOLS)/bin/uv
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# mkdocs-material's banner about its successor, printed on every build
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test typecheck suite lint bench up lock clean help
+.PHONY: demo test typecheck suite lint docs bench up lock clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ -/'
@@ -41,10 +43,11 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
 	  || ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium)
 
-test: $(STAMP) $(CHROMIUM)  ## Set up, lint, type-check, check the layers and dead code, run the whole test suite (starts and stops its own servers)
+test: $(STAMP) $(CHROMIUM)  ## Set up, lint, type-check, check the layers and dead code, build the docs, run the whole test suite (starts and stops its own servers)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/vulture
+	$(BIN)/mkdocs build --strict --quiet
 	@# mypy (about 30 s on a clean clone) type-checks beside the suite, which leaves a core idle most of the time;
 	@# either failing fails `make test`
 	$(MAKE) --no-print-directory -j2 typecheck suite
@@ -61,6 +64,9 @@ lint: $(STAMP)  ## Lint, type-check, check the layers (import-linter) and dead c
 	$(BIN)/lint-imports
 	$(BIN)/vulture
 
+docs: $(STAMP)  ## Build the documentation site (into site/; the CLI and settings pages are generated from the code)
+	$(BIN)/mkdocs build --strict
+
 up: $(STAMP)  ## Start the local stack (Prefect server + UI, deployments, receiver)
 	$(BIN)/upsell up
 
@@ -73,5 +79,5 @@ UPGRADE ?= --upgrade
 lock: $(UV_STAMP)  ## Refresh uv.lock: every dependency at its newest release pyproject.toml allows (then `make test`, commit both)
 	$(UV) lock $(UPGRADE) --python $(PYTHON)
 
-clean:  ## Remove the venvs and local data
-	rm -rf $(VENV) $(TOOLS) .upsell
+clean:  ## Remove the venvs, local data and the built docs
+	rm -rf $(VENV) $(TOOLS) .upsell site
