@@ -22,8 +22,10 @@ FALLBACK_DESCRIPTIONS = {
     "link_ttl_s": "Lifetime of the reply, approval and unsubscribe links, in seconds.",
     "severity_levels": "JSON object, severity → automation level, e.g. `{\"high\": \"FULL_AUTOMATION\"}`.",
     "deployment_name": "The deployment the receiver and the CLI trigger upsells on.",
-    "sender_name": "Sender name in every email's signature and `From:` (unless the SES block sets its own).",
-    "meeting_lead_time_h": "Hours from the reply to the first meeting slot proposed.",
+    "sender_name": "Sender name in every email's signature (and the `From:` of the local outbox; the SES block"
+    " has its own `from_name`).",
+    "meeting_lead_time_h": "The meeting is booked at the first weekday 15:00 UTC at least this many hours after"
+    " the customer's yes.",
 }
 
 
