@@ -47,7 +47,7 @@ test: $(STAMP) $(CHROMIUM)  ## Set up, lint, type-check, check the layers and de
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/vulture
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 	@# mypy (about 30 s on a clean clone) type-checks beside the suite, which leaves a core idle most of the time;
 	@# either failing fails `make test`
 	$(MAKE) --no-print-directory -j2 typecheck suite
