@@ -346,7 +346,13 @@ def up(
 
 @app.command()
 def serve(
-    sweep_interval: Annotated[int, typer.Option(help="Seconds between reply-timeout sweeps; 0 disables.")] = 300,
+    sweep_interval: Annotated[
+        int,
+        typer.Option(
+            help="How often (seconds) the serving process looks for expired waits and runs the reply-timeouts"
+            " sweep when it finds some; 0 disables that look."
+        ),
+    ] = 300,
     limit: Annotated[
         int | None, typer.Option(help="Max flow runs in flight (400 threads, 8 processes with --processes).")
     ] = None,
@@ -358,7 +364,8 @@ def serve(
         bool, typer.Option("--processes", help="One Python process per flow run (Prefect's default) not threads.")
     ] = False,
 ) -> None:
-    """Serve the upsell, reply-timeouts and upsell-backfill deployments from this process (needs a Prefect API)."""
+    """Serve the deployments of prefect.yaml (upsell, reply-timeouts, upsell-recovery, upsell-backfill,
+    upsell-report) from this process (needs a Prefect API)."""
     from deployments.serve import main as serve_main
 
     args = ["--sweep-interval", str(sweep_interval)]
@@ -695,7 +702,7 @@ def httpx_errors() -> tuple[type[Exception], ...]:
 
 @app.command()
 def sweep() -> None:
-    """Close expired waits now (what the reply-timeouts deployment does every 5 minutes)."""
+    """Close expired waits now (what the reply-timeouts deployment does whenever the serving process finds one)."""
     from flows.reply_timeouts import reply_timeouts
 
     closed = reply_timeouts()
@@ -744,7 +751,7 @@ def blocks_register() -> None:
 
 @blocks_app.command("create")
 def blocks_create() -> None:
-    """Save block documents `upsell-<service>` from UPSELL_* environment variables (see README)."""
+    """Save block documents `upsell-<service>` from UPSELL_* environment variables (see docs/blocks.md)."""
     try:
         from deployments.blocks_setup import create_blocks_from_env
     except ImportError as exc:  # pragma: no cover - the module ships with the integrations

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ParameterTypeError
 
 from blocks.mongo import SqliteOpportunityStore
@@ -16,6 +16,7 @@ from flows.upsell import upsell
 from tasks.send_email_draft import EMAIL_STEP
 from tests.support import outbox_emails, run_answering_reply, task_runs, wait_until_final, wait_until_paused
 from tests.test_flow_levels import alert_for, emails
+from webhook.ports import free_port
 
 
 def _run_full(alert, reply: str = "no") -> UpsellOutcome:
@@ -106,11 +107,13 @@ def test_bad_parameters_fail_before_any_side_effect(data_dir):
     ],
 )
 def test_trigger_rejects_bad_arguments_before_calling_prefect(kwargs, field, event_id):
+    """The client points at a port nobody listens on: a call to Prefect would fail with a connection error, so
+    the request error proves the arguments were refused before any call."""
     args = {"account_id": "12345", "event_id": event_id, "automation_level": "HYBRID", "metric_type": "trade_volume"}
     args.update(kwargs)
 
     async def go():
-        async with get_client() as client:
+        async with PrefectClient(api=f"http://127.0.0.1:{free_port()}/api") as client:
             return await trigger_upsell_workflow(client, **args)
 
     with pytest.raises(UpsellRequestError, match=field):

@@ -140,10 +140,12 @@ def test_the_serving_process_killed_mid_run_every_upsell_finishes_once(runner: A
         time.sleep(0.2)
     time.sleep(random.Random(len(run_ids)).uniform(0.5, 2.5))
     runner.kill()
-    left = Counter((read_run(r).state or Scheduled()).type.value for r in run_ids)  # Submitting is a PENDING
-    time.sleep(1.2)
-    recovered = upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=run_ids)
-    runner.restart()
+    try:  # the session's runner comes back whatever happens here: later tests need it
+        left = Counter((read_run(r).state or Scheduled()).type.value for r in run_ids)  # Submitting is a PENDING
+        time.sleep(1.2)
+        recovered = upsell_recovery(stale_after_s=1.0, backoff_s=0, flow_run_ids=run_ids)
+    finally:
+        runner.restart()
 
     for run_id in run_ids:
         try:

@@ -76,6 +76,13 @@ def test_signature_accepts_any_active_secret_and_any_v1():
     forged = sign(body, "not-the-secret-at-all", now).split(",v1=")[1]
     good = sign(body, SECRET, now).split(",v1=")[1]
     verify_signature(f"t={now},v1={forged},v1={good}", body, [SECRET.encode()], 300)
+    # and what makes each of those pass: without the matching secret or candidate, the same calls are refused
+    with pytest.raises(SignatureError, match="signature"):
+        verify_signature(sign(body, OLD_SECRET, now), body, [SECRET.encode()], 300)  # a retired secret
+    with pytest.raises(SignatureError, match="signature"):
+        verify_signature(f"t={now},v1={forged}", body, [SECRET.encode()], 300)
+    with pytest.raises(SignatureError, match="signature"):
+        verify_signature(sign(body, SECRET, now), body + b" ", [SECRET.encode()], 300)  # another body
 
 
 @pytest.mark.parametrize("header, reason", [

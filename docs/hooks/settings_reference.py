@@ -15,18 +15,6 @@ from pydantic_core import PydanticUndefined
 MARKER = "<!-- settings-reference -->"
 
 #: Settings declared without a description; say it here until the class carries one (the class's wins).
-FALLBACK_DESCRIPTIONS = {
-    "environment": "`development` or `production`. Production refuses a missing or short link secret, the"
-    " placeholder postal address, an http or loopback public base URL and the tests-only SNS overrides, naming"
-    " the setting, never its value.",
-    "link_ttl_s": "Lifetime of the reply, approval and unsubscribe links, in seconds.",
-    "severity_levels": "JSON object, severity → automation level, e.g. `{\"high\": \"FULL_AUTOMATION\"}`.",
-    "deployment_name": "The deployment the receiver and the CLI trigger upsells on.",
-    "sender_name": "Sender name in every email's signature (and the `From:` of the local outbox; the SES block"
-    " has its own `from_name`).",
-    "meeting_lead_time_h": "The meeting is booked at the first weekday 15:00 UTC at least this many hours after"
-    " the customer's yes.",
-}
 
 
 def _is_secret(info: FieldInfo) -> bool:
@@ -68,7 +56,7 @@ def _default(name: str, info: FieldInfo) -> str:
 def _table(fields: dict[str, FieldInfo]) -> list[str]:
     lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, info in fields.items():
-        description = info.description or FALLBACK_DESCRIPTIONS.get(name, "")
+        description = info.description or ""
         description = " ".join(description.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
         lines.append(f"| `UPSELL_{name.upper()}` | {_default(name, info)} | {description} |")
     return lines

@@ -44,7 +44,12 @@ class UpsellSettings(BaseSettings):
     # hide_input_in_errors: a refused setting is named in the error, never printed (it may be a secret)
     model_config = SettingsConfigDict(env_prefix="UPSELL_", env_file=None, extra="ignore", hide_input_in_errors=True)
 
-    environment: Literal["development", "production"] = "development"
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`development` or `production`. Production refuses a missing or short link secret, the"
+        " placeholder postal address, an http or loopback public base URL and the tests-only SNS overrides, naming"
+        " the setting, never its value.",
+    )
     data_dir: Path = Field(default=Path(".upsell"), description="Where the local stand-ins keep their files.")
     port: int = Field(default=DEFAULT_RECEIVER_PORT, ge=0, le=65535, description="Port the receiver listens on.")
     public_base_url: str = Field(
@@ -59,8 +64,13 @@ class UpsellSettings(BaseSettings):
         description="HMAC key of the reply, approval and unsubscribe links and of the signed Reply-To; when not"
         " set (development only), a random one generated once and kept in <data_dir>/link-secret.",
     )
-    link_ttl_s: int = Field(default=7 * 86400, gt=0)
-    severity_levels: dict[Severity, AutomationLevel] = Field(default_factory=lambda: dict(DEFAULT_SEVERITY_LEVELS))
+    link_ttl_s: int = Field(
+        default=7 * 86400, gt=0, description="Lifetime of the reply, approval and unsubscribe links, in seconds."
+    )
+    severity_levels: dict[Severity, AutomationLevel] = Field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY_LEVELS),
+        description='JSON object, severity → automation level, e.g. `{"high": "FULL_AUTOMATION"}`.',
+    )
     reply_timeout_s: float = Field(default=86400.0, gt=0, description="How long to wait for the customer.")
     approval_timeout_s: float = Field(default=3 * 86400.0, gt=0, description="How long to wait for a reviewer.")
     wait_grace_s: float = Field(
@@ -78,8 +88,14 @@ class UpsellSettings(BaseSettings):
         default="",
         description="Test and benchmark fault hook (tasks/runtime/faults.py): where a step kills its process.",
     )
-    deployment_name: str = "upsell/upsell"
-    sender_name: str = "Upsell Team"
+    deployment_name: str = Field(
+        default="upsell/upsell", description="The deployment the receiver and the CLI trigger upsells on."
+    )
+    sender_name: str = Field(
+        default="Upsell Team",
+        description="Sender name in every email's signature (and the `From:` of the local outbox; the SES block has"
+        " its own `from_name`).",
+    )
     sender_postal_address: str = Field(
         default=PLACEHOLDER_POSTAL_ADDRESS, description="Postal address in every email's footer; set it in production."
     )
@@ -89,7 +105,12 @@ class UpsellSettings(BaseSettings):
         description="Domain whose mail SES receives (MX record): emails carry a signed Reply-To"
         " upsell+<run>-<signature>@<domain>, so an emailed reply resumes its run. Empty: no Reply-To.",
     )
-    meeting_lead_time_h: float = Field(default=48.0, ge=0)
+    meeting_lead_time_h: float = Field(
+        default=48.0,
+        ge=0,
+        description="The meeting is booked at the first weekday 15:00 UTC at least this many hours after the"
+        " customer's yes.",
+    )
     max_usage_value: float = Field(
         default=1e12, gt=0, description="Usage figures from the source above this stop the upsell for review."
     )
